@@ -1,0 +1,150 @@
+"""The ``aladdin`` command line: one entry point for the harness, replayer, analysis and planner.
+
+Heavy modules are imported inside the commands so ``aladdin --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from aladdin import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="aladdin")
+def cli() -> None:
+    """Aladdin: SLO-aware placement and GPU scaling for vLLM clusters, with a trace replayer
+    and an analysis CLI to prove it."""
+
+
+# --------------------------------------------------------------------------- model
+
+
+@cli.group()
+def model() -> None:
+    """Model folders that vLLM serves with --load-format dummy."""
+
+
+@model.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--shape",
+    type=click.Choice(["tiny", "llama2-7b", "llama2-13b"]),
+    default="tiny",
+    show_default=True,
+    help="Llama shape of config.json (tiny: 2 layers, hidden 256, 4 heads).",
+)
+def model_init(directory: Path, shape: str) -> None:
+    """Write config.json and a real 32k SentencePiece tokenizer into DIRECTORY."""
+    from aladdin.modeldir import write_model_dir
+
+    out = write_model_dir(directory, shape)
+    click.echo(f"wrote {shape} model folder {out}")
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@cli.group()
+def cluster() -> None:
+    """Local clusters of real vLLM CPU workers."""
+
+
+def _state_dir_option(fn):
+    from aladdin.cluster import aladdin_home
+
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=lambda: aladdin_home() / "cluster",
+        show_default="$ALADDIN_HOME/cluster",
+        help="Where logs and the state file live.",
+    )(fn)
+
+
+@cluster.command("up")
+@click.option("--workers", "-n", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--shape", type=click.Choice(["tiny", "llama2-7b", "llama2-13b"]), default="tiny", show_default=True)
+@click.option("--model-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="A folder from 'aladdin model init' (default: one made for --shape).")
+@click.option("--kv-tokens", type=click.IntRange(min=16), default=32768, show_default=True,
+              help="KV cache capacity of each worker, in tokens.")
+@click.option("--max-model-len", type=click.IntRange(min=16), default=4096, show_default=True)
+@click.option("--max-num-seqs", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--base-port", type=click.IntRange(1024, 65535), default=8100, show_default=True)
+@click.option("--detach", is_flag=True, help="Return once ready and leave the workers running.")
+@_state_dir_option
+def cluster_up(workers, shape, model_dir, kv_tokens, max_model_len, max_num_seqs, base_port, detach, state_dir):
+    """Start N vLLM CPU servers on loopback, wait until they serve, and keep them up until Ctrl-C."""
+    from aladdin.cluster import ClusterConfig, LocalCluster, log_tail
+
+    config = ClusterConfig(
+        workers=workers, shape=shape, model_dir=model_dir, kv_tokens=kv_tokens,
+        max_model_len=max_model_len, max_num_seqs=max_num_seqs, base_port=base_port,
+        state_dir=state_dir, served_model_name=shape,
+    )
+    local = LocalCluster(config)
+    click.echo(f"starting {workers} vLLM CPU worker(s); logs in {state_dir}", err=True)
+    local.start()
+    for worker in local.workers:
+        click.echo(worker.url)
+    if detach:
+        click.echo("running; stop with 'aladdin cluster down'", err=True)
+        return
+    click.echo("serving; Ctrl-C (or 'aladdin cluster down') stops them", err=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        dead = local.wait_for_exit()
+        click.echo(f"worker {dead.index} exited; stopping the rest. Its log:\n{log_tail(dead.log_path)}", err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        local.stop()
+        click.echo("stopped", err=True)
+
+
+@cluster.command("down")
+@_state_dir_option
+def cluster_down(state_dir: Path) -> None:
+    """Stop the cluster that 'aladdin cluster up' started."""
+    from aladdin.cluster import stop_from_state
+
+    stopped = stop_from_state(state_dir)
+    click.echo(f"stopped {len(stopped)} worker(s)" if stopped else "no cluster running")
+
+
+@cluster.command("status")
+@_state_dir_option
+def cluster_status(state_dir: Path) -> None:
+    """List the running cluster's workers and whether each answers."""
+    from aladdin.cluster import _http_ok, read_state
+
+    workers = read_state(state_dir)
+    if not workers:
+        click.echo("no cluster running")
+    for w in workers:
+        click.echo(f"{w.url}  core={w.core}  {'ready' if _http_ok(w.url + '/v1/models') else 'DOWN'}  log={w.log_path}")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; errors are one line on stderr with a non-zero exit, never a traceback."""
+    try:
+        rv = cli.main(args=argv, prog_name="aladdin", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "aladdin"
+        click.echo(f"Error: {exc.format_message()} (see '{where} --help')", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,309 @@
+"""Local clusters of real vLLM CPU servers: the harness every live test and demo runs on.
+
+Each worker is a separate ``vllm.entrypoints.openai.api_server`` process group on a loopback
+port, pinned to its own core, with a KV cache bounded in tokens so that admission matters
+even for a tiny model. A state file lets ``aladdin cluster down`` stop a cluster that
+``aladdin cluster up`` started from another shell.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from aladdin.errors import AladdinError
+from aladdin.modeldir import read_shape, write_model_dir
+
+BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32
+
+
+def aladdin_home() -> Path:
+    """Where clusters keep their model folders, logs and state (``$ALADDIN_HOME``)."""
+    return Path(os.environ.get("ALADDIN_HOME", Path.home() / ".aladdin"))
+
+
+@dataclass
+class ClusterConfig:
+    """What to start: N workers of one model shape, each with a KV budget in tokens."""
+
+    workers: int = 1
+    shape: str = "tiny"
+    kv_tokens: int = 32768
+    max_model_len: int = 4096
+    max_num_seqs: int = 64
+    base_port: int = 8100
+    host: str = "127.0.0.1"
+    model_dir: Path | None = None
+    state_dir: Path = field(default_factory=lambda: aladdin_home() / "cluster")
+    served_model_name: str = "tiny"
+    startup_timeout_s: float = 300.0
+    extra_args: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise AladdinError(f"--workers must be at least 1, got {self.workers}")
+        if self.kv_tokens < BLOCK_SIZE:
+            raise AladdinError(f"--kv-tokens must be at least one block ({BLOCK_SIZE}), got {self.kv_tokens}")
+        if self.kv_tokens < self.max_model_len:
+            raise AladdinError(
+                f"--kv-tokens ({self.kv_tokens}) must hold one request of --max-model-len "
+                f"({self.max_model_len}) tokens, or vLLM refuses to start"
+            )
+
+
+@dataclass
+class Worker:
+    """One running vLLM server."""
+
+    index: int
+    port: int
+    pid: int
+    log_path: str
+    core: int
+    url: str
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def log_tail(path: str | Path, lines: int = 6) -> str:
+    """The last lines of a log, led by its last ``...Error: ...`` line (the usual root cause)."""
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    tail = text[-lines:]
+    errors = [line for line in text if re.search(r"\w(Error|Exception): ", line)]
+    if errors and errors[-1] not in tail:
+        tail = [errors[-1], "..."] + tail
+    return "\n".join(tail)
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class LocalCluster:
+    """Start, wait for, and stop N local vLLM CPU workers. Usable as a context manager."""
+
+    def __init__(self, config: ClusterConfig):
+        config.validate()
+        self.config = config
+        self.workers: list[Worker] = []
+        self._procs: dict[int, subprocess.Popen] = {}
+
+    @property
+    def urls(self) -> list[str]:
+        return [w.url for w in self.workers]
+
+    @property
+    def state_file(self) -> Path:
+        return self.config.state_dir / "state.json"
+
+    def _model_dir(self) -> Path:
+        cfg = self.config
+        if cfg.model_dir is not None:
+            read_shape(cfg.model_dir)  # fails clearly on a folder we did not write
+            return Path(cfg.model_dir)
+        directory = aladdin_home() / "models" / cfg.shape
+        if not (directory / "config.json").exists():
+            write_model_dir(directory, cfg.shape)
+        return directory
+
+    def _command(self, model_dir: Path, port: int) -> list[str]:
+        cfg = self.config
+        blocks = cfg.kv_tokens // BLOCK_SIZE
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model_dir),
+            "--served-model-name", cfg.served_model_name,
+            "--load-format", "dummy",
+            "--host", cfg.host,
+            "--port", str(port),
+            "--max-model-len", str(cfg.max_model_len),
+            "--max-num-seqs", str(cfg.max_num_seqs),
+            "--block-size", str(BLOCK_SIZE),
+            "--num-gpu-blocks-override", str(blocks),
+            "--enforce-eager",
+            "--generation-config", "vllm",
+            *cfg.extra_args,
+        ]
+
+    def _environment(self, core: int, model_dir: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        shape = read_shape(model_dir)
+        kv_bytes = self.config.kv_tokens * shape.kv_bytes_per_token
+        # The CPU backend sizes its KV pool in whole GiB; the block override above trims it.
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, -(-kv_bytes // 2**30)))
+        env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
+        env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        env["HF_HUB_OFFLINE"] = "1"
+        env["TRANSFORMERS_OFFLINE"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self) -> list[Worker]:
+        """Start every worker and block until all answer ``/v1/models``."""
+        cfg = self.config
+        if not vllm_available():
+            raise AladdinError(
+                f"vLLM is not installed in this Python ({sys.executable}); run the set-up (make setup)"
+            )
+        ports = [cfg.base_port + i for i in range(cfg.workers)]
+        busy = [p for p in ports if not port_is_free(cfg.host, p)]
+        if busy:
+            raise AladdinError(
+                f"port(s) {', '.join(map(str, busy))} on {cfg.host} already in use; "
+                "stop what holds them ('aladdin cluster down') or pass --base-port"
+            )
+        model_dir = self._model_dir()
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cores = os.cpu_count() or 1
+        try:
+            for i, port in enumerate(ports):
+                log_path = cfg.state_dir / f"worker{i}.log"
+                core = i % cores
+                with open(log_path, "wb") as log:
+                    proc = subprocess.Popen(
+                        self._command(model_dir, port),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=self._environment(core, model_dir),
+                        start_new_session=True,  # own process group: stop() kills engine children too
+                    )
+                url = f"http://{cfg.host}:{port}"
+                self.workers.append(Worker(i, port, proc.pid, str(log_path), core, url))
+                self._procs[proc.pid] = proc
+            self._write_state()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self.workers
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        pending = list(self.workers)
+        while pending:
+            for worker in list(pending):
+                proc = self._procs[worker.pid]
+                if proc.poll() is not None:
+                    raise AladdinError(
+                        f"vLLM worker {worker.index} (port {worker.port}) exited with code "
+                        f"{proc.returncode} during start; last lines of {worker.log_path}:\n"
+                        + log_tail(worker.log_path)
+                    )
+                if _http_ok(worker.url + "/v1/models"):
+                    pending.remove(worker)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise AladdinError(
+                    f"vLLM worker(s) {[w.index for w in pending]} not ready after "
+                    f"{self.config.startup_timeout_s:.0f}s; last lines of {pending[0].log_path}:\n"
+                    + log_tail(pending[0].log_path)
+                )
+            time.sleep(0.5)
+
+    def wait_for_exit(self, poll_s: float = 0.5) -> Worker:
+        """Block until some worker's server exits; return that worker."""
+        while True:
+            for worker in self.workers:
+                if self._procs[worker.pid].poll() is not None:
+                    return worker
+            time.sleep(poll_s)
+
+    def _write_state(self) -> None:
+        state = {"workers": [asdict(w) for w in self.workers], "created": time.time()}
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop every worker's process group: SIGTERM, then SIGKILL after ``timeout_s``."""
+        stop_process_groups([w.pid for w in self.workers], timeout_s)
+        for proc in self._procs.values():
+            try:
+                proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        self.workers = []
+        self._procs.clear()
+        self.state_file.unlink(missing_ok=True)
+
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process_groups(pids: list[int], timeout_s: float = 30.0) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def read_state(state_dir: Path) -> list[Worker]:
+    path = state_dir / "state.json"
+    if not path.exists():
+        return []
+    try:
+        return [Worker(**w) for w in json.loads(path.read_text())["workers"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AladdinError(f"cluster state file {path} is corrupt ({exc}); delete it") from None
+
+
+def stop_from_state(state_dir: Path) -> list[Worker]:
+    """Stop the cluster recorded in ``state_dir`` (``aladdin cluster down``)."""
+    workers = read_state(state_dir)
+    stop_process_groups([w.pid for w in workers])
+    (state_dir / "state.json").unlink(missing_ok=True)
+    return workers

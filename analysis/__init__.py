@@ -1,0 +1,1 @@
+"""Post-run analysis: records -> per-request metrics -> SLO attainment, goodput, reports."""

@@ -1,0 +1,1 @@
+"""The open-loop trace replayer: datasets -> arrival schedule -> streaming client -> records."""
