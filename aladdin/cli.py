@@ -5,6 +5,7 @@ Heavy modules are imported inside the commands so ``aladdin --help`` stays insta
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -147,4 +148,19 @@ def main(argv: list[str] | None = None) -> None:
     except (click.Abort, KeyboardInterrupt):
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug, not bad input: still one line unless asked for more
+        if os.environ.get("ALADDIN_DEBUG"):
+            raise
+        click.echo(f"Error: internal error: {type(exc).__name__}: {exc} (ALADDIN_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _register_subcommands() -> None:
+    """Commands that live with their part of the product (loadgen, analysis, plugin)."""
+    from aladdin.loadgen.cli import replay
+
+    cli.add_command(replay)
+
+
+_register_subcommands()

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aladdin.errors import AladdinError
-from aladdin.modeldir import read_shape, write_model_dir
+from aladdin.modeldir import default_model_dir, read_shape
 
 BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32
 
@@ -131,10 +131,7 @@ class LocalCluster:
         if cfg.model_dir is not None:
             read_shape(cfg.model_dir)  # fails clearly on a folder we did not write
             return Path(cfg.model_dir)
-        directory = aladdin_home() / "models" / cfg.shape
-        if not (directory / "config.json").exists():
-            write_model_dir(directory, cfg.shape)
-        return directory
+        return default_model_dir(cfg.shape)
 
     def _command(self, model_dir: Path, port: int) -> list[str]:
         cfg = self.config

@@ -127,6 +127,16 @@ def write_model_dir(directory: str | Path, shape: str = "tiny") -> Path:
     return out
 
 
+def default_model_dir(shape: str = "tiny") -> Path:
+    """The shared model folder for ``shape`` under ``$ALADDIN_HOME/models``, written on first use."""
+    from aladdin.cluster import aladdin_home
+
+    directory = aladdin_home() / "models" / shape
+    if not (directory / "aladdin_model.json").exists():
+        write_model_dir(directory, shape)
+    return directory
+
+
 def read_shape(directory: str | Path) -> ModelShape:
     """The shape a model folder was written with (``aladdin model init``)."""
     marker = Path(directory) / "aladdin_model.json"

@@ -1,0 +1,3 @@
+from aladdin.cli import main
+
+main()

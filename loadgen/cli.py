@@ -1,0 +1,119 @@
+"""``aladdin replay``: validate everything up front, then run the locustfile headless."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from aladdin.errors import AladdinError
+
+
+def _len_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(":")
+    try:
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not N or LO:HI") from None
+    if not 1 <= lo_i <= hi_i:
+        raise click.BadParameter(f"{text!r}: need 1 <= LO <= HI")
+    return lo_i, hi_i
+
+
+@click.command("replay")
+@click.option("--host", required=True, help="Base URL of an OpenAI-compatible server or router.")
+@click.option("--dataset", type=click.Choice(["sharegpt", "synthetic", "trace"]), default="sharegpt", show_default=True)
+@click.option("--dataset-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ShareGPT-format JSON or a trace (Azure CSV, Mooncake JSONL). Default: packaged ShareGPT V3.")
+@click.option("--num-requests", "-n", type=int, default=100, show_default=True)
+@click.option("--arrival", type=click.Choice(["poisson", "gamma", "constant", "trace"]), default="poisson", show_default=True)
+@click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second.")
+@click.option("--cv", type=float, default=1.0, show_default=True, help="Gamma arrivals: CV of inter-arrival times.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Multiply trace timestamps by this.")
+@click.option("--min-prompt-tokens", type=int, default=4, show_default=True)
+@click.option("--max-prompt-tokens", type=int, default=1024, show_default=True)
+@click.option("--min-output-tokens", type=int, default=4, show_default=True)
+@click.option("--max-output-tokens", type=int, default=1024, show_default=True)
+@click.option("--prompt-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform).")
+@click.option("--output-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform).")
+@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model folder whose tokenizer counts tokens (default: the tiny model).")
+@click.option("--api", type=click.Choice(["completions", "chat"]), default="completions", show_default=True)
+@click.option("--model", default=None, help="Model name (default: the server's first).")
+@click.option("--request-timeout", type=float, default=600.0, show_default=True)
+@click.option("--processes", type=int, default=1, show_default=True, help="Locust worker processes on this host.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
+@click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
+def replay(host, dataset, dataset_path, num_requests, arrival, rate, cv, seed, time_scale, min_prompt_tokens,
+           max_prompt_tokens, min_output_tokens, max_output_tokens, prompt_tokens, output_tokens, tokenizer, api,
+           model, request_timeout, processes, output, label):
+    """Replay a dataset or trace open-loop against HOST and record every token's arrival."""
+    from aladdin.loadgen.client import served_models
+    from aladdin.loadgen.datasets import load_tokenizer
+    from aladdin.loadgen.schedule import WorkloadConfig, build_schedule, save_schedule
+    from aladdin.modeldir import default_model_dir
+
+    workload = WorkloadConfig(
+        dataset=dataset, dataset_path=str(dataset_path) if dataset_path else None, num_requests=num_requests,
+        arrival=arrival, rate=rate, cv=cv, seed=seed, time_scale=time_scale,
+        min_prompt_tokens=min_prompt_tokens, max_prompt_tokens=max_prompt_tokens,
+        min_output_tokens=min_output_tokens, max_output_tokens=max_output_tokens,
+        prompt_tokens=_len_range(prompt_tokens), output_tokens=_len_range(output_tokens),
+    )
+    workload.validate()
+    if processes < 1:
+        raise AladdinError(f"--processes must be at least 1, got {processes}")
+    if (output / "requests.jsonl").exists():
+        raise AladdinError(f"{output} already holds a run (requests.jsonl); choose another --output")
+    try:
+        models = served_models(host)
+    except ConnectionError as exc:
+        raise AladdinError(str(exc)) from None
+    if model is None:
+        if not models:
+            raise AladdinError(f"{host} serves no models")
+        model = models[0]
+    elif models and model not in models:
+        raise AladdinError(f"{host} does not serve model {model!r} (it serves: {', '.join(models)})")
+
+    schedule = build_schedule(workload, load_tokenizer(tokenizer or default_model_dir("tiny")))
+    output.mkdir(parents=True, exist_ok=True)
+    save_schedule(output / "schedule.jsonl", schedule)
+    click.echo(f"replaying {len(schedule)} requests over {schedule[-1].offset:.1f}s to {host} ({model})", err=True)
+    code = run_locust(
+        host=host, schedule_file=output / "schedule.jsonl", output=output, model=model, api=api,
+        request_timeout=request_timeout, processes=processes, label=label, workload=workload,
+    )
+    if code != 0:
+        raise AladdinError(f"the replay exited with code {code}; records so far are in {output}")
+
+
+def locustfile_path() -> Path:
+    from aladdin.loadgen import locustfile
+
+    return Path(locustfile.__file__)
+
+
+def run_locust(*, host, schedule_file, output, model, api, request_timeout, processes, label, workload) -> int:
+    """Run the locustfile headless in a child process (Locust monkey-patches the process it runs in)."""
+    args = [
+        sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--headless", "-u", "1", "-r", "1",
+        "--host", host, "--schedule", str(schedule_file), "--output", str(output), "--model", model,
+        "--api", api, "--request-timeout", str(request_timeout), "--exit-code-on-error", "0",
+        "--dataset", workload.dataset, "--num-requests", str(workload.num_requests), "--arrival", workload.arrival,
+        "--rate", str(workload.rate), "--cv", str(workload.cv), "--seed", str(workload.seed),
+        "--time-scale", str(workload.time_scale), "--loglevel", "WARNING",
+    ]
+    if workload.dataset_path:
+        args += ["--dataset-path", workload.dataset_path]
+    if label:
+        args += ["--label", label]
+    if processes > 1:
+        args += ["--processes", str(processes)]
+    try:
+        return subprocess.call(args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,146 @@
+"""The replay schedule: every request with its absolute send offset, computed once.
+
+``build_schedule`` is the single place where a dataset and an arrival process become the
+list a run replays; the CLI, the plain locustfile's master and the simulator all call it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from aladdin.errors import AladdinError
+from aladdin.loadgen import arrivals, datasets
+from aladdin.loadgen.datasets import RequestSpec
+
+DATASETS = ("sharegpt", "synthetic", "trace")
+ARRIVALS = ("poisson", "gamma", "constant", "trace")
+
+
+@dataclass(frozen=True)
+class ScheduledRequest:
+    """One request of the replay and the offset (s from the run start) it must be sent at."""
+
+    id: str
+    offset: float
+    spec: RequestSpec
+
+
+@dataclass
+class WorkloadConfig:
+    """What to send and when. Everything needed to rebuild the exact same schedule."""
+
+    dataset: str = "sharegpt"
+    dataset_path: str | None = None  # ShareGPT-format file or trace file; default: packaged ShareGPT
+    num_requests: int = 100
+    arrival: str = "poisson"
+    rate: float | None = 1.0  # requests/s (not used by arrival=trace)
+    cv: float = 1.0  # gamma burstiness: coefficient of variation of inter-arrival times
+    seed: int = 0
+    time_scale: float = 1.0  # trace timestamps are multiplied by this
+    min_prompt_tokens: int = 4
+    max_prompt_tokens: int = 1024
+    min_output_tokens: int = 4
+    max_output_tokens: int = 1024
+    max_total_tokens: int = 2048
+    prompt_tokens: tuple[int, int] = (128, 128)  # synthetic: (lo, hi) uniform, lo == hi fixed
+    output_tokens: tuple[int, int] = (128, 128)
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise AladdinError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.arrival not in ARRIVALS:
+            raise AladdinError(f"unknown arrival process {self.arrival!r}; choose one of {', '.join(ARRIVALS)}")
+        if self.num_requests < 1:
+            raise AladdinError(f"--num-requests must be at least 1, got {self.num_requests}")
+        if self.arrival != "trace" and (self.rate is None or not self.rate > 0):
+            raise AladdinError(f"--rate must be > 0 requests/s, got {self.rate}")
+        if self.arrival == "gamma" and not self.cv > 0:
+            raise AladdinError(f"--cv must be > 0, got {self.cv}")
+        if self.arrival == "trace" and self.dataset != "trace":
+            raise AladdinError("--arrival trace needs --dataset trace (timestamps come from the trace file)")
+        if self.dataset == "trace" and not self.dataset_path:
+            raise AladdinError("--dataset trace needs --dataset-path FILE")
+        if not self.time_scale > 0:
+            raise AladdinError(f"--time-scale must be > 0, got {self.time_scale}")
+
+
+def load_specs(config: WorkloadConfig, tokenizer) -> list[RequestSpec]:
+    """The requests of the workload, in send order, before arrival times are attached."""
+    if config.dataset == "sharegpt":
+        return datasets.load_sharegpt(
+            tokenizer,
+            config.num_requests,
+            seed=config.seed,
+            path=config.dataset_path,
+            min_prompt_tokens=config.min_prompt_tokens,
+            max_prompt_tokens=config.max_prompt_tokens,
+            min_output_tokens=config.min_output_tokens,
+            max_output_tokens=config.max_output_tokens,
+            max_total_tokens=config.max_total_tokens,
+        )
+    if config.dataset == "synthetic":
+        return datasets.synthetic(
+            tokenizer, config.num_requests, tuple(config.prompt_tokens), tuple(config.output_tokens), seed=config.seed
+        )
+    specs = datasets.load_trace(config.dataset_path, tokenizer, time_scale=config.time_scale)
+    return specs[: config.num_requests]
+
+
+def build_schedule(config: WorkloadConfig, tokenizer) -> list[ScheduledRequest]:
+    config.validate()
+    specs = load_specs(config, tokenizer)
+    offsets = arrivals.make_offsets(
+        config.arrival,
+        len(specs),
+        rate=config.rate,
+        cv=config.cv,
+        seed=config.seed,
+        trace_arrivals=[s.arrival for s in specs] if config.arrival == "trace" else None,
+    )
+    width = len(str(len(specs) - 1))
+    return [ScheduledRequest(f"r{i:0{width}d}", float(t), s) for i, (t, s) in enumerate(zip(offsets, specs))]
+
+
+def shard(schedule: list[ScheduledRequest], parts: int) -> list[list[ScheduledRequest]]:
+    """Split round-robin in time order, so every part sees the whole time span at 1/parts the rate."""
+    return [schedule[i::parts] for i in range(parts)]
+
+
+def schedule_to_jsonable(schedule: list[ScheduledRequest]) -> list[dict]:
+    return [{"id": r.id, "offset": r.offset, "spec": _spec_dict(r.spec)} for r in schedule]
+
+
+def schedule_from_jsonable(items: list[dict]) -> list[ScheduledRequest]:
+    out = []
+    for item in items:
+        spec = dict(item["spec"])
+        if spec.get("prompt_token_ids") is not None:
+            spec["prompt_token_ids"] = tuple(spec["prompt_token_ids"])
+        out.append(ScheduledRequest(item["id"], float(item["offset"]), RequestSpec(**spec)))
+    return out
+
+
+def _spec_dict(spec: RequestSpec) -> dict:
+    d = asdict(spec)
+    if d.get("prompt_token_ids") is not None:
+        d["prompt_token_ids"] = list(d["prompt_token_ids"])
+    return d
+
+
+def save_schedule(path: str | Path, schedule: list[ScheduledRequest]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for item in schedule_to_jsonable(schedule):
+            fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+
+
+def load_schedule(path: str | Path) -> list[ScheduledRequest]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return schedule_from_jsonable([json.loads(line) for line in fh if line.strip()])
+    except OSError as exc:
+        raise AladdinError(f"cannot read schedule {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AladdinError(f"schedule {path} is corrupt: {exc}") from None

@@ -1,0 +1,58 @@
+"""Shared fixtures. The slow real-vLLM tests share ONE tiny-model vLLM CPU server per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aladdin_home(tmp_path_factory) -> Path:
+    """Keep model folders and cluster state of the test session out of the user's ~/.aladdin."""
+    home = tmp_path_factory.mktemp("aladdin_home")
+    old = os.environ.get("ALADDIN_HOME")
+    os.environ["ALADDIN_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("ALADDIN_HOME", None)
+    else:
+        os.environ["ALADDIN_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(aladdin_home) -> Path:
+    from aladdin.modeldir import default_model_dir
+
+    return default_model_dir("tiny")
+
+
+def free_port_block(n: int) -> int:
+    """A base port with n consecutive free loopback ports."""
+    from aladdin.cluster import port_is_free
+
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = sock.getsockname()[1]
+        if base + n < 65535 and all(port_is_free("127.0.0.1", base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no free port block")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir, tmp_path_factory):
+    """One real vLLM CPU server (tiny Llama, dummy weights, 16k-token KV cache) for the session."""
+    from aladdin.cluster import ClusterConfig, LocalCluster
+
+    config = ClusterConfig(
+        workers=1,
+        kv_tokens=16384,
+        base_port=free_port_block(1),
+        model_dir=tiny_model_dir,
+        state_dir=tmp_path_factory.mktemp("cluster"),
+    )
+    with LocalCluster(config) as cluster:
+        yield cluster.workers[0]
