@@ -10,6 +10,19 @@ STAMP=$VENV/.aladdin-setup
 # Re-install when anything that decides the environment changes.
 WANT=$(cat scripts/setup.sh pyproject.toml setup.cfg | sha256sum | cut -c1-16)
 
+# Debian's chromium renders the HTML report in a test (a real browser, headless).
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "set-up: installing Debian's chromium (for the report's browser test)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ||
+      echo "set-up: WARNING: could not install chromium; the report's browser test will fail" >&2
+  else
+    echo "set-up: WARNING: chromium missing and not root; install Debian's chromium for the browser test" >&2
+  fi
+}
+ensure_chromium
+
 installed() {
   "$VENV/bin/python" - <<'PY' 2>/dev/null
 import importlib.util, sys

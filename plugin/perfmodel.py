@@ -1,0 +1,362 @@
+"""Per-worker performance models (prefill, decode iteration, KV cache) and their fitting.
+
+Aladdin places requests and sizes clusters by predicting, for one worker (one vLLM engine
+with a fixed model, GPU type and tensor-parallel degree), how long prefills and decode
+iterations take and how many KV tokens the running requests hold. Everything here is pure
+numpy arithmetic with no I/O, so the simulator, planner, router and the in-engine plugin
+can all share it; the forms and their derivations are in docs/perfmodel.md.
+
+Units: times in seconds, sizes in tokens. Wrong shapes or values raise ValueError; callers
+that handle user input turn that into AladdinError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+
+def _scalar_or_array(values: np.ndarray) -> float | np.ndarray:
+    """Scalars in give a Python float out; arrays in give an ndarray out."""
+    return float(values) if values.ndim == 0 else values
+
+
+def _remaining(remaining_tokens: ArrayLike) -> np.ndarray:
+    """Predicted remaining output tokens as whole iterations, at least one each."""
+    return np.maximum(np.ceil(np.asarray(remaining_tokens, dtype=float)).astype(np.int64).ravel(), 1)
+
+
+@dataclass(frozen=True)
+class PrefillModel:
+    """T_pre = a * sum(n) + q * sum(n^2) + c for one batch of full prompts of n tokens.
+
+    ``q`` is the quadratic attention term (zero when a linear fit is good enough); ``c``
+    is the fixed cost of one forward pass.
+    """
+
+    a: float
+    q: float
+    c: float
+
+    def time(self, prompt_tokens: ArrayLike) -> float:
+        """Time of one iteration that prefills these whole prompts together (0 if none)."""
+        n = np.asarray(prompt_tokens, dtype=float).ravel()
+        if n.size == 0:
+            return 0.0
+        return float(self.a * n.sum() + self.q * (n * n).sum() + self.c)
+
+    def time_single(self, prompt_tokens: ArrayLike) -> float | np.ndarray:
+        """Element-wise prefill time of one-request batches."""
+        return self.chunk_time(prompt_tokens, 0)
+
+    def chunk_time(self, new_tokens: ArrayLike, computed_tokens: ArrayLike = 0) -> float | np.ndarray:
+        """Element-wise time of an iteration that only prefills one chunk.
+
+        The chunk has ``new_tokens`` tokens and follows ``computed_tokens`` tokens already
+        in the KV cache (earlier chunks or prefix-cache hits); a chunk of zero tokens costs 0.
+        """
+        new = np.asarray(new_tokens, dtype=float)
+        variable = self.chunk_work(new, computed_tokens)
+        return _scalar_or_array(np.where(new > 0, variable + self.c, 0.0))
+
+    def chunk_work(self, new_tokens: ArrayLike, computed_tokens: ArrayLike = 0) -> float | np.ndarray:
+        """Element-wise variable part of a chunk's time: a*n + q*((k+n)^2 - k^2).
+
+        (k+n)^2 - k^2 = n*(2k+n) is the attention work of n new tokens over a prefix of k,
+        so the chunks of one prompt add up to exactly the full prompt's a*N + q*N^2.
+        """
+        n = np.asarray(new_tokens, dtype=float)
+        k = np.asarray(computed_tokens, dtype=float)
+        return _scalar_or_array(self.a * n + self.q * n * (2.0 * k + n))
+
+
+@dataclass(frozen=True)
+class DecodeModel:
+    """T_dec = a * B + b * S + c for one decode iteration of B requests holding S context tokens.
+
+    S is the sum over the batch of prompt + generated tokens at that iteration.
+    """
+
+    a: float
+    b: float
+    c: float
+
+    def time(self, batch_size: ArrayLike, total_context_tokens: ArrayLike) -> float | np.ndarray:
+        """Element-wise iteration time; an empty batch (B = 0) costs 0."""
+        size = np.asarray(batch_size, dtype=float)
+        context = np.asarray(total_context_tokens, dtype=float)
+        times = self.a * size + self.b * context + self.c
+        return _scalar_or_array(np.where(size > 0, times, 0.0))
+
+    def predicted_atgt(self, context_lengths: ArrayLike, remaining_tokens: ArrayLike) -> np.ndarray:
+        """Average decode time per token each request of a batch sees until it finishes.
+
+        Assumes no request joins, every running request emits one token per iteration and
+        leaves after its remaining tokens, so iteration k (k = 0, 1, ...) runs the B_k
+        requests with remaining > k, holding S_k = sum(context) + k * B_k tokens; request i
+        sees mean(T_dec(B_k, S_k) for k < remaining_i). Prefill stalls are not included.
+        Remaining lengths are rounded up, and below 1 count as 1: a running request has
+        at least one token left (an overrun prediction should be re-estimated by the caller).
+        """
+        context = np.asarray(context_lengths, dtype=float).ravel()
+        remaining = _remaining(remaining_tokens)
+        if context.shape != remaining.shape:
+            raise ValueError("context_lengths and remaining_tokens must have the same length")
+        if context.size == 0:
+            return np.zeros(0)
+        order = np.argsort(remaining)
+        remaining_sorted = remaining[order]
+        # context_from[j] = total context of the requests at sorted positions j..end
+        context_from = np.append(np.cumsum(context[order][::-1])[::-1], 0.0)
+        steps = np.arange(remaining_sorted[-1])
+        first_alive = np.searchsorted(remaining_sorted, steps, side="right")
+        batch = context.size - first_alive
+        step_times = self.a * batch + self.b * (context_from[first_alive] + steps * batch) + self.c
+        return np.cumsum(step_times)[remaining - 1] / remaining
+
+
+@dataclass(frozen=True)
+class KVModel:
+    """Paged KV cache: each request holds its context rounded up to whole blocks.
+
+    ``capacity_tokens`` is the engine's allocatable block count times ``block_size``.
+    """
+
+    block_size: int
+    capacity_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.capacity_tokens < 0 or self.capacity_tokens % self.block_size:
+            raise ValueError(
+                f"capacity_tokens must be a non-negative multiple of block_size {self.block_size}, "
+                f"got {self.capacity_tokens}"
+            )
+
+    @property
+    def num_blocks(self) -> int:
+        return self.capacity_tokens // self.block_size
+
+    def blocks(self, tokens: ArrayLike) -> int | np.ndarray:
+        """Element-wise number of blocks that ``tokens`` context tokens occupy."""
+        counts = -(-np.asarray(tokens, dtype=np.int64) // self.block_size)
+        return int(counts) if counts.ndim == 0 else counts
+
+    def tokens_held(self, context_lengths: ArrayLike) -> int:
+        """KV tokens (block-rounded) held by requests with these context lengths."""
+        return int(np.sum(self.blocks(np.ravel(context_lengths)))) * self.block_size
+
+    def free_tokens(self, context_lengths: ArrayLike) -> int:
+        """Capacity left after these requests; negative when they over-commit the cache."""
+        return self.capacity_tokens - self.tokens_held(context_lengths)
+
+    def peak_tokens_held(self, context_lengths: ArrayLike, remaining_tokens: ArrayLike) -> int:
+        """Largest future KV use while the requests grow one token per iteration and finish.
+
+        Same picture as DecodeModel.predicted_atgt: at iteration k the requests with
+        remaining > k hold context + k tokens. The peak falls just before some request
+        leaves, so only k = remaining_j - 1 needs checking (an n x n evaluation). For a
+        request not yet prefilled, pass its prompt and predicted output length.
+        """
+        context = np.asarray(context_lengths, dtype=np.int64).ravel()
+        remaining = _remaining(remaining_tokens)
+        if context.shape != remaining.shape:
+            raise ValueError("context_lengths and remaining_tokens must have the same length")
+        if context.size == 0:
+            return 0
+        last_steps = np.unique(remaining) - 1
+        alive = remaining[:, None] > last_steps[None, :]
+        held = np.where(alive, self.blocks(context[:, None] + last_steps[None, :]), 0)
+        return int(held.sum(axis=0).max()) * self.block_size
+
+    def fits(self, context_lengths: ArrayLike, remaining_tokens: ArrayLike | None = None) -> bool:
+        """Whether the requests fit now, or, given their remaining tokens, until they finish."""
+        if remaining_tokens is None:
+            return self.tokens_held(context_lengths) <= self.capacity_tokens
+        return self.peak_tokens_held(context_lengths, remaining_tokens) <= self.capacity_tokens
+
+
+@dataclass(frozen=True)
+class PerfModel:
+    """Everything a policy needs to know about one worker configuration."""
+
+    prefill: PrefillModel
+    decode: DecodeModel
+    kv: KVModel
+    max_num_seqs: int
+    max_batched_tokens: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_batched_tokens must be >= 1")
+
+    def iteration_time(
+        self,
+        decode_batch_size: int,
+        decode_context_tokens: float,
+        prefill_new_tokens: ArrayLike = (),
+        prefill_computed_tokens: ArrayLike = 0,
+    ) -> float:
+        """Time of one (possibly mixed) iteration under chunked prefill.
+
+        The decode part and the variable part of every prefill chunk add up; the fixed
+        cost is paid once per forward pass: max(c_d, c_p) over the parts present.
+        ``prefill_new_tokens``/``prefill_computed_tokens`` list the chunks in this iteration.
+        """
+        new = np.asarray(prefill_new_tokens, dtype=float).ravel()
+        computed = np.broadcast_to(np.asarray(prefill_computed_tokens, dtype=float).ravel(), new.shape)
+        has_prefill = bool((new > 0).any())
+        has_decode = decode_batch_size > 0
+        if not (has_prefill or has_decode):
+            return 0.0
+        prefill_work = float(np.sum(self.prefill.chunk_work(new, computed)))
+        if not has_decode:
+            return prefill_work + self.prefill.c
+        decode_work = self.decode.a * decode_batch_size + self.decode.b * decode_context_tokens
+        fixed = max(self.decode.c, self.prefill.c) if has_prefill else self.decode.c
+        return float(decode_work + prefill_work + fixed)
+
+
+# ---------------------------------------------------------------------------------------
+# Fitting
+
+
+@dataclass(frozen=True)
+class FitDiagnostics:
+    """How well a least-squares fit matches its own samples."""
+
+    n_samples: int
+    rms_residual_s: float
+    r_squared: float
+    median_abs_pct_error: float
+    method: str  # "nnls" (non-negative coefficients) or "lstsq"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _least_squares(
+    columns: list[np.ndarray], time: np.ndarray, nonneg: bool
+) -> tuple[np.ndarray, FitDiagnostics]:
+    """Solve time ~ columns @ coef, scaling columns first so token^2 and 1 are comparable."""
+    design = np.column_stack(columns)
+    scale = np.abs(design).max(axis=0)
+    scale[scale == 0] = 1.0
+    if nonneg:
+        # Only the profiler fits, so the engine-side users never import scipy.
+        from scipy.optimize import nnls
+
+        scaled_coef, _ = nnls(design / scale, time)
+    else:
+        scaled_coef = np.linalg.lstsq(design / scale, time, rcond=None)[0]
+    coef = scaled_coef / scale
+    predicted = design @ coef
+    residual_ss = float(np.sum((time - predicted) ** 2))
+    total_ss = float(np.sum((time - time.mean()) ** 2))
+    if total_ss > 0:
+        r_squared = 1.0 - residual_ss / total_ss
+    else:
+        r_squared = 1.0 if residual_ss == 0 else 0.0
+    diagnostics = FitDiagnostics(
+        n_samples=int(time.size),
+        rms_residual_s=float(np.sqrt(residual_ss / time.size)),
+        r_squared=r_squared,
+        median_abs_pct_error=float(np.median(abs_pct_error(predicted, time))),
+        method="nnls" if nonneg else "lstsq",
+    )
+    return coef, diagnostics
+
+
+def _samples(n_params: int, **named: ArrayLike) -> list[np.ndarray]:
+    """Validate equal-length, finite 1-D sample arrays, enough of them for the parameters."""
+    arrays = [np.asarray(values, dtype=float).ravel() for values in named.values()]
+    lengths = {array.size for array in arrays}
+    if len(lengths) != 1:
+        raise ValueError(f"{', '.join(named)} must have the same length, got {[a.size for a in arrays]}")
+    if lengths.pop() < n_params:
+        raise ValueError(f"need at least {n_params} samples to fit {n_params} coefficients")
+    for name, array in zip(named, arrays):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+    return arrays
+
+
+def fit_prefill(
+    sum_tokens: ArrayLike,
+    sum_sq_tokens: ArrayLike,
+    time: ArrayLike,
+    *,
+    quadratic: bool = True,
+    nonneg: bool = True,
+) -> tuple[PrefillModel, FitDiagnostics]:
+    """Fit T_pre = a*sum(n) + q*sum(n^2) + c from per-batch samples.
+
+    ``quadratic=False`` fixes q = 0. ``nonneg`` (default) constrains a, q, c >= 0 with NNLS:
+    the models are extrapolated by the planner and simulator, where a negative term gives
+    negative or shrinking times; with exact non-negative data both solvers agree.
+    """
+    tokens, squares, times = _samples(
+        3 if quadratic else 2, sum_tokens=sum_tokens, sum_sq_tokens=sum_sq_tokens, time=time
+    )
+    columns = [tokens, squares, np.ones_like(times)] if quadratic else [tokens, np.ones_like(times)]
+    coef, diagnostics = _least_squares(columns, times, nonneg)
+    a, q, c = coef if quadratic else (coef[0], 0.0, coef[1])
+    return PrefillModel(a=float(a), q=float(q), c=float(c)), diagnostics
+
+
+def fit_decode(
+    batch_size: ArrayLike,
+    total_context: ArrayLike,
+    time: ArrayLike,
+    *,
+    nonneg: bool = True,
+) -> tuple[DecodeModel, FitDiagnostics]:
+    """Fit T_dec = a*B + b*S + c from per-iteration samples (``nonneg`` as in fit_prefill)."""
+    sizes, contexts, times = _samples(3, batch_size=batch_size, total_context=total_context, time=time)
+    coef, diagnostics = _least_squares([sizes, contexts, np.ones_like(times)], times, nonneg)
+    return DecodeModel(a=float(coef[0]), b=float(coef[1]), c=float(coef[2])), diagnostics
+
+
+# ---------------------------------------------------------------------------------------
+# Accuracy
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    """Absolute percentage errors of predictions, as the validation report prints them."""
+
+    n: int
+    median_pct: float
+    p90_pct: float
+    max_pct: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def abs_pct_error(predicted: ArrayLike, actual: ArrayLike) -> np.ndarray:
+    """Element-wise 100 * |predicted - actual| / |actual| (0 when both are 0, inf when only actual is)."""
+    predicted = np.asarray(predicted, dtype=float)
+    actual = np.asarray(actual, dtype=float)
+    difference = np.abs(predicted - actual)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        errors = 100.0 * difference / np.abs(actual)
+    return np.where(difference == 0, 0.0, errors)
+
+
+def error_summary(predicted: ArrayLike, actual: ArrayLike) -> ErrorSummary:
+    """Median, p90 and max absolute percentage error over paired predictions."""
+    errors = abs_pct_error(predicted, actual).ravel()
+    if errors.size == 0:
+        raise ValueError("no predictions to summarise")
+    return ErrorSummary(
+        n=int(errors.size),
+        median_pct=float(np.median(errors)),
+        p90_pct=float(np.percentile(errors, 90)),
+        max_pct=float(errors.max()),
+    )
