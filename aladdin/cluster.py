@@ -25,6 +25,7 @@ from pathlib import Path
 from aladdin.errors import AladdinError
 from aladdin.modeldir import default_model_dir, read_shape
 
+SERVER_NICENESS = 5
 BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32
 
 
@@ -194,6 +195,9 @@ class LocalCluster:
                         stdin=subprocess.DEVNULL,
                         env=self._environment(core, model_dir),
                         start_new_session=True,  # own process group: stop() kills engine children too
+                        # Below the load generator's priority: on a small machine the client that
+                        # measures the servers must not be starved by them.
+                        preexec_fn=lambda: os.nice(SERVER_NICENESS),
                     )
                 url = f"http://{cfg.host}:{port}"
                 self.workers.append(Worker(i, port, proc.pid, str(log_path), core, url))

@@ -1,0 +1,110 @@
+"""The replayer's own mechanics, against benchmarks/stream_server.py.
+
+That server answers on a known schedule; it is a fake on purpose, because the point of these
+tests is the client (Locust fabric, sharding, error handling, timing), not a model server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from aladdin.loadgen.records import iter_records
+from tests.conftest import free_port_block
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_fake(port: int, ttft: float = 0.02, tbt: float = 0.005, error_every: int = 0) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "stream_server.py"), "--port", str(port),
+         "--ttft", str(ttft), "--tbt", str(tbt), "--error-every", str(error_every)],
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+            return proc
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "fake server did not start"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def fake_server():
+    started = []
+
+    def start(**kw):
+        port = free_port_block(1)
+        started.append(start_fake(port, **kw))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait()
+
+
+def replay(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "aladdin", "replay", "--host", url, "--output", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_server_errors_are_recorded_and_the_run_goes_on(fake_server, tmp_path):
+    url = fake_server(error_every=4)
+    proc = replay(url, tmp_path / "run", "--dataset", "synthetic", "--prompt-tokens", "16", "--output-tokens", "8",
+                  "--rate", "20", "-n", "40")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = list(iter_records(tmp_path / "run" / "requests.jsonl"))
+    assert len(records) == 40
+    errors = [r for r in records if r["outcome"] == "error"]
+    assert len(errors) == 10
+    assert all(r["status"] == 500 and "injected failure" in r["error"] for r in errors)
+    ok = [r for r in records if r["outcome"] == "ok"]
+    assert all(sum(r["chunk_tokens"]) == 8 and r["worker"] == "fake-0" for r in ok)
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())["summary"]
+    assert (summary["ok"], summary["error"]) == (30, 10)
+
+
+@pytest.mark.slow
+def test_two_locust_processes_share_one_schedule(fake_server, tmp_path):
+    """--processes 2: a master shards the schedule to two workers; records come back whole."""
+    url = fake_server()
+    proc = replay(url, tmp_path / "run", "--dataset", "synthetic", "--prompt-tokens", "16", "--output-tokens", "4",
+                  "--rate", "40", "-n", "120", "--processes", "2", "--api", "chat")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = list(iter_records(tmp_path / "run" / "requests.jsonl"))
+    assert sorted(r["id"] for r in records) == [f"r{i:03d}" for i in range(120)]
+    assert len({r["client"] for r in records}) == 2
+    schedule = {json.loads(line)["id"]: json.loads(line)["offset"] for line in open(tmp_path / "run" / "schedule.jsonl")}
+    for rec in records:
+        assert rec["outcome"] == "ok"
+        assert rec["scheduled"] == pytest.approx(schedule[rec["id"]])
+        assert rec["chunk_times"][0] - rec["sent"] >= 0.02  # the server's TTFT is a floor
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["locust_role"] == "master" and run["locust_workers"] == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--rate", "0"], "--rate must be > 0"),
+        (["--rate", "-1"], "--rate must be > 0"),
+        (["--dataset", "trace"], "--dataset trace needs --dataset-path"),
+        (["--dataset", "trace", "--dataset-path", "/nonexistent/trace.csv"], "/nonexistent/trace.csv"),
+        (["--dataset-path", "/nonexistent/sharegpt.json"], "/nonexistent/sharegpt.json"),
+    ],
+)
+def test_bad_replay_input_is_one_line(fake_server, tmp_path, args, message):
+    url = fake_server()
+    proc = replay(url, tmp_path / "run", *args)
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
