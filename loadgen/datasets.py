@@ -336,19 +336,25 @@ def sharegpt_path() -> Path:
 
 
 def _opening_pair(record: object, index: int) -> ShareGPTPair | None:
-    """The human -> gpt opening of a record, or None when it has none."""
+    """The conversation's first human turn and the model reply right after it, or None.
+
+    Some ShareGPT conversations open with a model turn; their first human turn still counts.
+    """
     if not isinstance(record, dict):
         return None
     turns = record.get("conversations")
-    if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, dict) for t in turns[:2]):
+    if not isinstance(turns, list):
         return None
-    human, model = turns[0], turns[1]
-    if human.get("from") != "human" or model.get("from") != "gpt":
-        return None
-    prompt, reply = human.get("value"), model.get("value")
-    if not isinstance(prompt, str) or not isinstance(reply, str):
-        return None
-    return ShareGPTPair(str(record.get("id", index)), prompt, reply)
+    for human, model in zip(turns, turns[1:]):
+        if not (isinstance(human, dict) and human.get("from") == "human"):
+            continue
+        if not (isinstance(model, dict) and model.get("from") == "gpt"):
+            return None
+        prompt, reply = human.get("value"), model.get("value")
+        if not isinstance(prompt, str) or not isinstance(reply, str):
+            return None
+        return ShareGPTPair(str(record.get("id", index)), prompt, reply)
+    return None
 
 
 def read_sharegpt(path: str | Path | None = None) -> ShareGPTData:
