@@ -158,9 +158,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _register_subcommands() -> None:
     """Commands that live with their part of the product (loadgen, analysis, plugin)."""
+    from aladdin.analysis.cli import analyze
     from aladdin.loadgen.cli import replay
+    from aladdin.plugin.profile_cli import profile
 
     cli.add_command(replay)
+    cli.add_command(analyze)
+    cli.add_command(profile)
 
 
 _register_subcommands()

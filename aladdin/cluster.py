@@ -43,6 +43,7 @@ class ClusterConfig:
     kv_tokens: int = 32768
     max_model_len: int = 4096
     max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048  # chunked-prefill token budget per iteration
     base_port: int = 8100
     host: str = "127.0.0.1"
     model_dir: Path | None = None
@@ -146,6 +147,7 @@ class LocalCluster:
             "--port", str(port),
             "--max-model-len", str(cfg.max_model_len),
             "--max-num-seqs", str(cfg.max_num_seqs),
+            "--max-num-batched-tokens", str(cfg.max_num_batched_tokens),
             "--block-size", str(BLOCK_SIZE),
             "--num-gpu-blocks-override", str(blocks),
             "--enforce-eager",

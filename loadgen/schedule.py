@@ -85,8 +85,9 @@ def load_specs(config: WorkloadConfig, tokenizer) -> list[RequestSpec]:
         return datasets.synthetic(
             tokenizer, config.num_requests, tuple(config.prompt_tokens), tuple(config.output_tokens), seed=config.seed
         )
-    specs = datasets.load_trace(config.dataset_path, tokenizer, time_scale=config.time_scale)
-    return specs[: config.num_requests]
+    return datasets.load_trace(
+        config.dataset_path, tokenizer, time_scale=config.time_scale, seed=config.seed, limit=config.num_requests
+    )
 
 
 def build_schedule(config: WorkloadConfig, tokenizer) -> list[ScheduledRequest]:

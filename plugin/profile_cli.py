@@ -1,0 +1,166 @@
+"""``aladdin profile``: measure a live vLLM into a profile; ``aladdin profile validate``: check one."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from aladdin.errors import AladdinError
+
+
+def _hardware() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()} ({__import__('os').cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()}"
+
+
+def _engine(host: str, model: str | None):
+    from aladdin.loadgen.client import served_models
+    from aladdin.plugin.profiler import LiveEngine
+
+    try:
+        models = served_models(host)
+    except ConnectionError as exc:
+        raise AladdinError(str(exc)) from None
+    model = model or (models[0] if models else None)
+    if model is None:
+        raise AladdinError(f"{host} serves no models")
+    try:
+        return LiveEngine(host, model)
+    except ValueError as exc:
+        raise AladdinError(f"{host}: {exc}") from None
+
+
+def _synthesizer(tokenizer_dir):
+    from aladdin.loadgen.datasets import load_tokenizer, synthetic
+    from aladdin.modeldir import default_model_dir
+
+    tokenizer = load_tokenizer(tokenizer_dir or default_model_dir("tiny"))
+    return tokenizer, (lambda n, prompt, output, seed: synthetic(tokenizer, n, prompt, output, seed=seed))
+
+
+def _progress(total: int):
+    bar = click.progressbar(length=total, label="profiling", file=sys.stderr, show_pos=True)
+    bar.__enter__()
+
+    def step(message: str) -> None:
+        bar.label = message
+        bar.update(1)
+
+    return bar, step
+
+
+@click.group("profile", invoke_without_command=True)
+@click.option("--host", help="Base URL of the vLLM server to profile.")
+@click.option("--model", default=None, help="Model name (default: the server's first).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Profile file to write.")
+@click.option("--quick", is_flag=True, help="Fewer, shorter experiments (about a minute on the CPU test server).")
+@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model folder whose tokenizer builds exact-length prompts (default: the tiny model).")
+@click.option("--max-num-seqs", type=click.IntRange(min=1), default=64, show_default=True,
+              help="The server's --max-num-seqs (recorded; bounds the decode batches).")
+@click.option("--max-batched-tokens", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="The server's --max-num-batched-tokens (chunked-prefill budget; recorded).")
+@click.option("--gpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--hardware", default=None, help="Hardware description (default: this machine's CPU).")
+@click.pass_context
+def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batched_tokens, gpus_per_worker, hardware):
+    """Profile a live vLLM: fit prefill, decode and KV models and write PROFILE.json.
+
+    Run 'aladdin profile validate PROFILE.json --host URL' to measure its prediction errors.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not host or not output:
+        raise click.UsageError("--host and --output are required to make a profile")
+    from aladdin.plugin.profile_io import ProfileMeta, save_profile
+    from aladdin.plugin.profiler import ProfilePlan, run_profile
+
+    engine = _engine(host, model)
+    _, synthesize = _synthesizer(tokenizer)
+    plan = ProfilePlan.quick() if quick else ProfilePlan.full()
+    steps = len(plan.prefill_lengths) + len(plan.decode_grid(engine.info.kv_model(), max_num_seqs))
+    bar, step = _progress(steps)
+    try:
+        run = run_profile(engine, synthesize, plan, max_num_seqs, max_batched_tokens, step)
+    except (RuntimeError, ValueError) as exc:
+        raise AladdinError(f"profiling failed: {exc}") from None
+    finally:
+        bar.__exit__(None, None, None)
+    meta = ProfileMeta(
+        model=engine.endpoint.model, hardware=hardware or _hardware(), gpus_per_worker=gpus_per_worker,
+        vllm_version=engine.info.vllm_version, command="aladdin " + shlex.join(sys.argv[1:]),
+    )
+    save_profile(output, run.perf, meta, prefill_fit=run.prefill_fit, decode_fit=run.decode_fit, samples=run.samples)
+    p, d, kv = run.perf.prefill, run.perf.decode, run.perf.kv
+    click.echo(f"prefill: T = {p.a:.3e}*sum(n) + {p.q:.3e}*sum(n^2) + {p.c:.3e} s   "
+               f"(R^2 {run.prefill_fit.r_squared:.3f}, fit median error {run.prefill_fit.median_abs_pct_error:.1f}%)")
+    click.echo(f"decode:  T = {d.a:.3e}*B + {d.b:.3e}*S + {d.c:.3e} s   "
+               f"(R^2 {run.decode_fit.r_squared:.3f}, fit median error {run.decode_fit.median_abs_pct_error:.1f}%)")
+    click.echo(f"KV: {kv.capacity_tokens} tokens in blocks of {kv.block_size}")
+    click.echo(f"wrote {output}")
+
+
+@profile.command("validate")
+@click.argument("profile_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", required=True, help="Base URL of the server the profile describes.")
+@click.option("--model", default=None)
+@click.option("--num-requests", "-n", type=click.IntRange(min=4), default=40, show_default=True,
+              help="Held-out ShareGPT requests (half alone for prefill, half in groups for decode and KV).")
+@click.option("--max-output-tokens", type=click.IntRange(min=4), default=96, show_default=True,
+              help="Cap on held-out output lengths (keeps the CPU run short).")
+@click.option("--seed", type=int, default=12345, show_default=True, help="Held-out sample seed.")
+@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def validate(profile_file, host, model, num_requests, max_output_tokens, seed, tokenizer, json_path):
+    """Replay held-out ShareGPT requests and report each model's prediction error."""
+    from aladdin.loadgen.datasets import load_sharegpt
+    from aladdin.plugin.profile_io import load_profile
+    from aladdin.plugin.profiler import validate_profile
+
+    perf = load_profile(profile_file)
+    engine = _engine(host, model)
+    if engine.info.kv_model() != perf.kv:
+        raise AladdinError(
+            f"{profile_file} describes a KV cache of {perf.kv.capacity_tokens} tokens (blocks of "
+            f"{perf.kv.block_size}) but {host} has {engine.info.kv_model().capacity_tokens} (blocks of "
+            f"{engine.info.block_size}): not the same worker configuration"
+        )
+    tok, synthesize = _synthesizer(tokenizer)
+    specs = load_sharegpt(tok, num_requests, seed=seed, max_output_tokens=max_output_tokens)
+    half = num_requests // 2
+    prefill_specs, decode_specs = specs[:half], specs[half:]
+    groups = [decode_specs[i:i + 8] for i in range(0, len(decode_specs), 8)]
+    bar, step = _progress(2 + len(groups))
+    try:
+        report = validate_profile(engine, perf, prefill_specs, groups, synthesize, step)
+    except (RuntimeError, ValueError) as exc:
+        raise AladdinError(f"validation failed: {exc}") from None
+    finally:
+        bar.__exit__(None, None, None)
+    report = {"profile": str(profile_file), "host": host, "num_requests": num_requests, "seed": seed, "models": report}
+    click.echo(format_validation(report["models"]))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
+def format_validation(models: dict) -> str:
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1f}%"
+
+    rows = [("model", "n", "median |err|", "p90 |err|", "noise floor (median)")]
+    for name in ("prefill", "decode", "kv"):
+        m = models[name]
+        rows.append((name, str(m["n"]), pct(m["median_pct"]), pct(m["p90_pct"]), pct(m["noise_floor_pct"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)

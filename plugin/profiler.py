@@ -1,0 +1,356 @@
+"""Measure a live vLLM and fit the performance models; validate a profile on held-out requests.
+
+Experiments reuse the load generator's client and dispatcher (gevent, in this process), so a
+profile is measured with exactly the timing the replayer is measured with:
+- prefill: lone requests of swept prompt lengths with one output token; T_pre = TTFT from send;
+- decode: B concurrent requests of prompt length L streaming K tokens; each gap between two
+  tokens of a request, taken after every request of the batch has its first token, is one
+  decode iteration of the requests still running, with their context at that moment;
+- KV: ``/metrics`` scraped while a batch decodes; usage x capacity vs the block-rounded sum of
+  prompt + generated tokens of the requests in the engine.
+Capacity is read from the engine (``vllm:cache_config_info``), never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import gevent
+import numpy as np
+from geventhttpclient import HTTPClient
+
+from aladdin.loadgen.client import Endpoint, RunClock, StreamingClient
+from aladdin.loadgen.datasets import RequestSpec
+from aladdin.loadgen.dispatcher import Dispatcher
+from aladdin.loadgen.records import OK, RequestRecord
+from aladdin.loadgen.schedule import ScheduledRequest
+from aladdin.plugin.perfmodel import KVModel, PerfModel, fit_decode, fit_prefill
+
+_INFO_LINE = re.compile(r"^vllm:cache_config_info\{(?P<labels>[^}]*)\}", re.M)
+_USAGE_LINE = re.compile(r"^vllm:kv_cache_usage_perc\{[^}]*\}\s+(?P<value>\S+)", re.M)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine itself says about its KV cache and version."""
+
+    num_gpu_blocks: int
+    block_size: int
+    vllm_version: str
+
+    @property
+    def usable_blocks(self) -> int:
+        """vLLM keeps block 0 as a null block; usage is reported against the rest."""
+        return self.num_gpu_blocks - 1
+
+    def kv_model(self) -> KVModel:
+        return KVModel(block_size=self.block_size, capacity_tokens=self.usable_blocks * self.block_size)
+
+
+def parse_cache_info(metrics_text: str) -> tuple[int, int]:
+    match = _INFO_LINE.search(metrics_text)
+    if not match:
+        raise ValueError("the server's /metrics has no vllm:cache_config_info (is it vLLM?)")
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group("labels")))
+    return int(labels["num_gpu_blocks"]), int(labels["block_size"])
+
+
+def parse_kv_usage(metrics_text: str) -> float:
+    match = _USAGE_LINE.search(metrics_text)
+    if not match:
+        raise ValueError("the server's /metrics has no vllm:kv_cache_usage_perc")
+    return float(match.group("value"))
+
+
+def read_engine_info(base_url: str, timeout_s: float = 10.0) -> EngineInfo:
+    base = base_url.rstrip("/")
+    with urllib.request.urlopen(base + "/metrics", timeout=timeout_s) as resp:
+        blocks, block_size = parse_cache_info(resp.read().decode())
+    try:
+        with urllib.request.urlopen(base + "/version", timeout=timeout_s) as resp:
+            version = json.loads(resp.read()).get("version", "unknown")
+    except (OSError, ValueError):
+        version = "unknown"
+    return EngineInfo(blocks, block_size, version)
+
+
+@dataclass(frozen=True)
+class ProfilePlan:
+    """The experiments of one profile run."""
+
+    prefill_lengths: tuple[int, ...]
+    prefill_repeats: int
+    decode_batch_sizes: tuple[int, ...]
+    decode_prompt_lengths: tuple[int, ...]
+    decode_output_tokens: int
+
+    @classmethod
+    def full(cls) -> "ProfilePlan":
+        return cls((16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048), 3,
+                   (1, 2, 4, 8, 16, 24, 32, 48, 64), (32, 256, 1024), 64)
+
+    @classmethod
+    def quick(cls) -> "ProfilePlan":
+        return cls((32, 128, 256, 512, 1024), 2, (1, 4, 8, 16), (64, 512), 48)
+
+    def decode_grid(self, kv: KVModel, max_num_seqs: int) -> list[tuple[int, int]]:
+        """(batch, prompt length) pairs that fit the engine without preemption (90% of KV)."""
+        grid = []
+        for length in self.decode_prompt_lengths:
+            for batch in self.decode_batch_sizes:
+                peak = kv.tokens_held(np.full(batch, length + self.decode_output_tokens))
+                if batch <= max_num_seqs and peak <= 0.9 * kv.capacity_tokens:
+                    grid.append((batch, length))
+        return grid
+
+
+@dataclass
+class KVProbe:
+    """One /metrics scrape during a batch: when, and the usage the engine reported."""
+
+    time: float
+    usage: float
+
+
+@dataclass
+class BatchResult:
+    records: list[RequestRecord]
+    probes: list[KVProbe] = field(default_factory=list)
+
+
+class LiveEngine:
+    """Runs batches of requests on one server through the replayer's client, in this process."""
+
+    def __init__(self, base_url: str, model: str, timeout_s: float = 600.0):
+        self.base_url = base_url.rstrip("/")
+        self.endpoint = Endpoint(self.base_url, model=model, timeout_s=timeout_s)
+        self.info = read_engine_info(self.base_url)
+
+    def run_batch(self, specs: Sequence[RequestSpec], kv_probe_period_s: float | None = None) -> BatchResult:
+        """Send all ``specs`` at once and wait for them; optionally scrape KV usage meanwhile."""
+        clock = RunClock(__import__("time").time() + 0.05)
+        client = StreamingClient(self.endpoint, clock, client_name="profiler")
+        records: list[RequestRecord] = []
+        dispatcher = Dispatcher(client, clock, records.append)
+        result = BatchResult(records)
+        prober = gevent.spawn(self._probe_kv, clock, kv_probe_period_s, result.probes) if kv_probe_period_s else None
+        try:
+            dispatcher.run([ScheduledRequest(f"p{i}", 0.0, spec) for i, spec in enumerate(specs)])
+        finally:
+            if prober is not None:
+                prober.kill()
+            client.close()
+        failed = [r for r in records if r.outcome != OK]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(records)} profiling requests failed: {failed[0].error}")
+        records.sort(key=lambda r: int(r.id[1:]))
+        return result
+
+    def _probe_kv(self, clock: RunClock, period_s: float, out: list[KVProbe]) -> None:
+        http = HTTPClient.from_url(self.base_url + "/metrics", concurrency=1, network_timeout=10)
+        try:
+            while True:
+                gevent.sleep(period_s)
+                t = clock.now()
+                response = http.get("/metrics")
+                out.append(KVProbe(t, parse_kv_usage(response.read().decode())))
+        finally:
+            http.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Turning token timelines into model samples (pure functions, shared by profile and validate)
+
+
+def prefill_samples(records: Sequence[RequestRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt tokens, TTFT from send) of lone requests."""
+    prompts = np.array([r.prompt_tokens for r in records], dtype=float)
+    ttft = np.array([r.chunk_times[0] - r.sent for r in records])
+    return prompts, ttft
+
+
+def token_times(record: RequestRecord) -> np.ndarray:
+    """Arrival time of every output token (a chunk of k tokens gives its time to all k)."""
+    return np.repeat(np.asarray(record.chunk_times), record.chunk_tokens)
+
+
+def decode_samples(
+    records: Sequence[RequestRecord], min_iterations: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(batch size, mean total context tokens, mean iteration time) of pure-decode segments.
+
+    Segments are cut at every request's first token (a prefill shares that iteration) and last
+    token (the batch shrinks), so the set of decoding requests is constant inside one. Every
+    decoding request gets one token per iteration, so a segment (a, b] holds as many iterations
+    as each request got tokens in it; the median over the requests is taken, because when
+    vLLM's front end (or a busy client) falls behind, one request's tokens arrive in a late
+    burst and shift out of or into the segment. Mean iteration time = (b - a) / iterations, at
+    the segment's mean context (context grows linearly, so a linear model fits it exactly).
+    """
+    times = [token_times(r) for r in records]
+    firsts = np.array([t[0] for t in times])
+    lasts = np.array([t[-1] for t in times])
+    prompts = np.array([r.prompt_tokens for r in records], dtype=float)
+    events = np.unique(np.concatenate([firsts, lasts]))
+    batch, context, mean_time = [], [], []
+
+    def iterations_in(active, a, b) -> float:
+        return float(np.median([
+            np.searchsorted(times[i], b, side="right") - np.searchsorted(times[i], a, side="right") for i in active
+        ]))
+
+    for start, end in zip(events[:-1], events[1:]):
+        active = np.flatnonzero((firsts <= start) & (lasts >= end))
+        if active.size == 0:
+            continue
+        # Long segments are cut into pieces of about 2 x min_iterations: more samples, each robust.
+        pieces = max(1, int(iterations_in(active, start, end) // (2 * min_iterations)))
+        bounds = np.linspace(start, end, pieces + 1)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            iterations = iterations_in(active, a, b)
+            if iterations < min_iterations:
+                continue
+            mid = 0.5 * (a + b)
+            generated = np.array([np.searchsorted(times[i], mid, side="right") for i in active])
+            batch.append(active.size)
+            context.append(float(np.sum(prompts[active] + generated)))
+            mean_time.append((b - a) / iterations)
+    return np.array(batch, dtype=float), np.array(context), np.array(mean_time)
+
+
+def kv_samples(result: BatchResult, kv: KVModel) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, measured) KV tokens held at each probe of a batch."""
+    predicted, measured = [], []
+    for probe in result.probes:
+        contexts = [
+            r.prompt_tokens + int(np.searchsorted(token_times(r), probe.time, side="right"))
+            for r in result.records
+            if r.sent <= probe.time and r.chunk_times and r.chunk_times[-1] > probe.time
+        ]
+        if not contexts:
+            continue
+        predicted.append(kv.tokens_held(contexts))
+        measured.append(probe.usage * kv.capacity_tokens)
+    return np.array(predicted, dtype=float), np.array(measured)
+
+
+def noise_floor(groups: Sequence[np.ndarray]) -> float | None:
+    """Median absolute % deviation of repeated identical-shape measurements from their median."""
+    devs = [np.abs(g - np.median(g)) / np.median(g) * 100 for g in groups if len(g) > 1]
+    return float(np.median(np.concatenate(devs))) if devs else None
+
+
+# ---------------------------------------------------------------------------------------
+# The profile run
+
+
+@dataclass
+class ProfileRun:
+    perf: PerfModel
+    prefill_fit: object
+    decode_fit: object
+    samples: dict
+
+
+def run_profile(
+    engine: LiveEngine,
+    synthesize: Callable[[int, int, int, int], list[RequestSpec]],
+    plan: ProfilePlan,
+    max_num_seqs: int,
+    max_batched_tokens: int,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> ProfileRun:
+    """Run the plan's experiments and fit the models.
+
+    ``synthesize(n, prompt_tokens, output_tokens, seed)`` makes distinct exact-length prompts
+    (distinct so the prefix cache never shortens a measured prefill).
+    """
+    kv = engine.info.kv_model()
+    engine.run_batch(synthesize(4, 64, 16, 10_000))  # warm-up: first requests pay one-off costs
+    seed = 0
+    prefill_records: list[RequestRecord] = []
+    for length in plan.prefill_lengths:
+        for _ in range(plan.prefill_repeats):
+            seed += 1
+            prefill_records += engine.run_batch(synthesize(1, length, 1, seed)).records
+        progress(f"prefill {length} tokens")
+    prompts, ttft = prefill_samples(prefill_records)
+    # Fit the per-length medians: one stalled repeat must not bend the curve.
+    lengths = np.unique(prompts)
+    medians = np.array([np.median(ttft[prompts == n]) for n in lengths])
+    prefill, prefill_fit = fit_prefill(lengths, lengths**2, medians)
+
+    decode_parts = []
+    for batch, length in plan.decode_grid(kv, max_num_seqs):
+        seed += 1
+        result = engine.run_batch(synthesize(batch, length, plan.decode_output_tokens, seed))
+        decode_parts.append(decode_samples(result.records))
+        progress(f"decode batch {batch} x {length} tokens")
+    sizes, contexts, gaps = (np.concatenate(parts) for parts in zip(*decode_parts))
+    decode, decode_fit = fit_decode(sizes, contexts, gaps)
+
+    perf = PerfModel(prefill, decode, kv, max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
+    samples = {
+        "prefill": {"prompt_tokens": prompts, "time": ttft},
+        "decode": {"batch_size": sizes, "total_context": contexts, "time": gaps},
+    }
+    return ProfileRun(perf, prefill_fit, decode_fit, samples)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation on held-out requests
+
+
+def validate_profile(
+    engine: LiveEngine,
+    perf: PerfModel,
+    prefill_specs: Sequence[RequestSpec],
+    decode_groups: Sequence[Sequence[RequestSpec]],
+    noise_specs: Callable[[int, int, int, int], list[RequestSpec]],
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> dict:
+    """Prediction error of each model on held-out requests, next to the measurement noise floor.
+
+    Prefill: held-out prompts sent alone. Decode and KV: held-out groups launched together,
+    each with its real output length. Noise floor: identical-shape requests repeated (distinct
+    token ids, so the prefix cache cannot help), i.e. what the same prediction would score
+    against the server's own run-to-run variation.
+    """
+    from aladdin.plugin.perfmodel import error_summary
+
+    prefill_records = []
+    for spec in prefill_specs:
+        prefill_records += engine.run_batch([spec]).records
+    progress("prefill: held-out prompts")
+    prompts, ttft = prefill_samples(prefill_records)
+
+    decode_parts, kv_parts = [], []
+    for group in decode_groups:
+        result = engine.run_batch(group, kv_probe_period_s=0.25)
+        decode_parts.append(decode_samples(result.records))
+        kv_parts.append(kv_samples(result, perf.kv))
+        progress(f"decode: held-out group of {len(group)}")
+    sizes, contexts, gaps = (np.concatenate(parts) for parts in zip(*decode_parts))
+    kv_pred, kv_meas = (np.concatenate(parts) for parts in zip(*kv_parts))
+
+    repeats = [engine.run_batch(noise_specs(1, 256, 1, 1000 + i)).records[0] for i in range(6)]
+    prefill_noise = noise_floor([prefill_samples(repeats)[1]])
+    steady = engine.run_batch(noise_specs(8, 256, 48, 2000)).records
+    b, _, g = decode_samples(steady)
+    decode_noise = noise_floor([g[b == b.max()]]) if len(g) else None
+    progress("noise floor")
+
+    def entry(pred, actual, noise):
+        keep = actual > 0
+        summary = error_summary(np.asarray(pred)[keep], np.asarray(actual)[keep]).to_dict()
+        return {**summary, "noise_floor_pct": noise}
+
+    return {
+        "prefill": entry(perf.prefill.time_single(prompts), ttft, prefill_noise),
+        "decode": entry(perf.decode.time(sizes, contexts), gaps, decode_noise),
+        "kv": entry(kv_pred, kv_meas, None),
+    }
