@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import platform
+import secrets
 import shlex
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -45,7 +47,15 @@ def _synthesizer(tokenizer_dir):
     from aladdin.modeldir import default_model_dir
 
     tokenizer = load_tokenizer(tokenizer_dir or default_model_dir("tiny"))
-    return tokenizer, (lambda n, prompt, output, seed: synthetic(tokenizer, n, prompt, output, seed=seed))
+
+    salt = secrets.randbelow(2**30)  # fresh prompts each run: a warm prefix cache would shorten prefills
+
+    def synthesize(n: int, prompt: int, output: int, seed: int):
+        """Exact-length prompts sent as text, like real traffic: the server's tokenization is measured too."""
+        specs = synthetic(tokenizer, n, prompt, output, seed=salt + seed)
+        return [replace(s, prompt_token_ids=None) for s in specs]
+
+    return tokenizer, synthesize
 
 
 def _progress(total: int):
@@ -136,7 +146,12 @@ def validate(profile_file, host, model, num_requests, max_output_tokens, seed, t
             f"{engine.info.block_size}): not the same worker configuration"
         )
     tok, synthesize = _synthesizer(tokenizer)
-    specs = load_sharegpt(tok, num_requests, seed=seed, max_output_tokens=max_output_tokens)
+    # A unique tag in front of each prompt: the server may have seen these prompts before, and a
+    # prefix-cache hit would make its prefill look faster than the model says.
+    specs = [
+        replace(s, prompt=f"{secrets.token_hex(4)} {s.prompt}")
+        for s in load_sharegpt(tok, num_requests, seed=seed, max_output_tokens=max_output_tokens)
+    ]
     half = num_requests // 2
     prefill_specs, decode_specs = specs[:half], specs[half:]
     groups = [decode_specs[i:i + 8] for i in range(0, len(decode_specs), 8)]

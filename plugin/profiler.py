@@ -31,6 +31,9 @@ from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.perfmodel import KVModel, PerfModel, fit_decode, fit_prefill
 
 _INFO_LINE = re.compile(r"^vllm:cache_config_info\{(?P<labels>[^}]*)\}", re.M)
+# No vLLM step is this fast (its per-step CPU work alone takes longer): a segment whose tokens
+# came faster was a burst of queued tokens delivered at once, not engine time.
+MIN_ITERATION_S = 2e-4
 _USAGE_LINE = re.compile(r"^vllm:kv_cache_usage_perc\{[^}]*\}\s+(?P<value>\S+)", re.M)
 
 
@@ -216,9 +219,11 @@ def decode_samples(
                 continue
             mid = 0.5 * (a + b)
             generated = np.array([np.searchsorted(times[i], mid, side="right") for i in active])
+            if (b - a) / iterations < MIN_ITERATION_S:
+                continue  # a delivery burst, not engine time
+            mean_time.append((b - a) / iterations)
             batch.append(active.size)
             context.append(float(np.sum(prompts[active] + generated)))
-            mean_time.append((b - a) / iterations)
     return np.array(batch, dtype=float), np.array(context), np.array(mean_time)
 
 
@@ -330,7 +335,7 @@ def validate_profile(
 
     decode_parts, kv_parts = [], []
     for group in decode_groups:
-        result = engine.run_batch(group, kv_probe_period_s=0.25)
+        result = engine.run_batch(group, kv_probe_period_s=0.05)
         decode_parts.append(decode_samples(result.records))
         kv_parts.append(kv_samples(result, perf.kv))
         progress(f"decode: held-out group of {len(group)}")

@@ -1,0 +1,77 @@
+"""The live profiler: sample extraction on known timelines, and a real quick profile + validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from aladdin.loadgen.records import RequestRecord
+from aladdin.plugin.profiler import decode_samples, parse_cache_info, parse_kv_usage
+
+
+def record(i: int, prompt: int, times: list[float]) -> RequestRecord:
+    return RequestRecord(id=f"p{i}", scheduled=0.0, requested_output_tokens=len(times), dispatched=0.0, sent=0.0,
+                         chunk_times=times, chunk_tokens=[1] * len(times), prompt_tokens=prompt)
+
+
+def test_decode_samples_recover_iteration_times_despite_bursts():
+    # Two requests decode in lockstep at 10 ms per iteration; request 1 then runs alone at 6 ms.
+    # One of request 0's tokens reaches the client in a late burst: the median over requests ignores it.
+    both = [0.1 + 0.010 * k for k in range(20)]
+    alone = [both[-1] + 0.006 * k for k in range(1, 21)]
+    r0 = list(both)
+    r0[5] = r0[7] = r0[6]
+    samples = decode_samples([record(0, 100, r0), record(1, 50, both + alone)], min_iterations=8)
+    sizes, contexts, times = samples
+    assert set(sizes) == {1.0, 2.0}
+    assert np.allclose(times[sizes == 2], 0.010, rtol=0.03)
+    assert np.allclose(times[sizes == 1], 0.006, rtol=0.03)
+    assert (contexts[sizes == 2] > 150).all() and (contexts[sizes == 1] < 100).all()
+
+
+def test_metrics_parsing():
+    text = (
+        'vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.25\n'
+        'vllm:cache_config_info{block_size="32",engine="0",num_gpu_blocks="512"} 1.0\n'
+    )
+    assert parse_cache_info(text) == (512, 32)
+    assert parse_kv_usage(text) == 0.25
+    with pytest.raises(ValueError, match="cache_config_info"):
+        parse_cache_info("# nothing here\n")
+
+
+def aladdin(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aladdin", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_malformed_profile_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "aladdin-profile", "version": 1, "prefill": ')
+    proc = aladdin("profile", "validate", str(bad), "--host", "http://127.0.0.1:9")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "bad.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_quick_profile_and_validation_on_real_vllm(vllm_server, tmp_path):
+    profile = tmp_path / "cpu.json"
+    proc = aladdin("profile", "--host", vllm_server.url, "--quick", "--output", str(profile))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(profile.read_text())
+    assert doc["kv"] == {"block_size": 32, "num_blocks": 511, "capacity_tokens": 511 * 32}  # block 0 is vLLM's null block
+    assert doc["prefill"]["fit"]["n_samples"] >= 5 and doc["decode"]["fit"]["n_samples"] >= 8
+    assert doc["vllm_version"].startswith("0.")
+
+    report = tmp_path / "validation.json"
+    proc = aladdin("profile", "validate", str(profile), "--host", vllm_server.url, "-n", "16", "--json", str(report))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("prefill", "decode", "kv"):
+        assert name in proc.stdout
+    models = json.loads(report.read_text())["models"]
+    assert models["prefill"]["n"] == 8 and models["decode"]["n"] > 0 and models["kv"]["n"] > 0
+    assert models["prefill"]["noise_floor_pct"] is not None
