@@ -159,12 +159,14 @@ def main(argv: list[str] | None = None) -> None:
 def _register_subcommands() -> None:
     """Commands that live with their part of the product (loadgen, analysis, plugin)."""
     from aladdin.analysis.cli import analyze
+    from aladdin.demo import demo
     from aladdin.loadgen.cli import replay
     from aladdin.plugin.profile_cli import profile
 
     cli.add_command(replay)
     cli.add_command(analyze)
     cli.add_command(profile)
+    cli.add_command(demo)
 
 
 _register_subcommands()

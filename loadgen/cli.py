@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +48,10 @@ def _len_range(text: str) -> tuple[int, int]:
 @click.option("--processes", type=int, default=1, show_default=True, help="Locust worker processes on this host.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
+@click.option("--locust-stats", is_flag=True, help="Show Locust's live tables instead of a progress bar.")
 def replay(host, dataset, dataset_path, num_requests, arrival, rate, cv, seed, time_scale, min_prompt_tokens,
            max_prompt_tokens, min_output_tokens, max_output_tokens, prompt_tokens, output_tokens, tokenizer, api,
-           model, request_timeout, processes, output, label):
+           model, request_timeout, processes, output, label, locust_stats):
     """Replay a dataset or trace open-loop against HOST and record every token's arrival."""
     from aladdin.loadgen.client import served_models
     from aladdin.loadgen.datasets import load_tokenizer
@@ -86,19 +88,34 @@ def replay(host, dataset, dataset_path, num_requests, arrival, rate, cv, seed, t
     code = run_locust(
         host=host, schedule_file=output / "schedule.jsonl", output=output, model=model, api=api,
         request_timeout=request_timeout, processes=processes, label=label, workload=workload,
+        total=len(schedule), locust_stats=locust_stats,
     )
+    run_json = output / "run.json"
+    if run_json.exists():
+        from aladdin.loadgen.replay import print_summary
+
+        summary = json.loads(run_json.read_text()).get("summary")
+        if summary:
+            print_summary(summary, output)
+    if code == 130:
+        raise AladdinError(f"replay interrupted; the requests finished so far are in {output / 'requests.jsonl'}")
     if code != 0:
-        raise AladdinError(f"the replay exited with code {code}; records so far are in {output}")
+        log = "" if locust_stats else f"; see {output / 'locust.log'}"
+        raise AladdinError(f"the replay exited with code {code}{log}; records so far are in {output}")
 
 
 def locustfile_path() -> Path:
-    from aladdin.loadgen import locustfile
+    """Found without importing it: importing Locust monkey-patches the importing process."""
+    return Path(__file__).with_name("locustfile.py")
 
-    return Path(locustfile.__file__)
 
+def run_locust(*, host, schedule_file, output, model, api, request_timeout, processes, label, workload, total,
+               locust_stats=False) -> int:
+    """Run the locustfile headless in a child process (Locust monkey-patches the process it runs in).
 
-def run_locust(*, host, schedule_file, output, model, api, request_timeout, processes, label, workload) -> int:
-    """Run the locustfile headless in a child process (Locust monkey-patches the process it runs in)."""
+    By default Locust's own output goes to ``output/locust.log`` and a progress bar counts the
+    records as they land in requests.jsonl; ``locust_stats`` shows Locust's live tables instead.
+    """
     args = [
         sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--headless", "-u", "1", "-r", "1",
         "--host", host, "--schedule", str(schedule_file), "--output", str(output), "--model", model,
@@ -113,7 +130,33 @@ def run_locust(*, host, schedule_file, output, model, api, request_timeout, proc
         args += ["--label", label]
     if processes > 1:
         args += ["--processes", str(processes)]
+    if locust_stats:
+        proc = subprocess.Popen(args)
+        return _wait(proc)
+    with open(output / "locust.log", "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        with click.progressbar(length=total, label="replay", file=sys.stderr, show_pos=True) as bar:
+            return _wait(proc, lambda n: bar.update(n - bar.pos), output / "requests.jsonl")
+
+
+def _wait(proc: subprocess.Popen, on_count=None, records: Path | None = None) -> int:
+    """Wait for the replay, reporting the number of records written; Ctrl-C stops it cleanly."""
+    lines, offset = 0, 0
     try:
-        return subprocess.call(args)
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                code = None
+            if on_count is not None and records is not None and records.exists():
+                with open(records, "rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+                lines += chunk.count(b"\n")
+                offset += len(chunk)
+                on_count(lines)
+            if code is not None:
+                return code
     except KeyboardInterrupt:
+        proc.wait()  # Locust got the same SIGINT: it writes run.json and stops
         return 130
