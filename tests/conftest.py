@@ -56,3 +56,33 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
     )
     with LocalCluster(config) as cluster:
         yield cluster.workers[0]
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    """Render a page in Debian's headless chromium: ``chromium(path) -> (dom, screenshot png path)``.
+
+    The set-up installs chromium; CI fails rather than skips when it is missing.
+    """
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing; the set-up (scripts/setup.sh) installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}"]
+
+    def render(page: Path) -> tuple[str, Path]:
+        dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        shot = page.with_suffix(".png")
+        subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
+                       capture_output=True, timeout=120, check=True)
+        return dom.stdout, shot
+
+    return render

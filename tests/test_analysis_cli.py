@@ -134,23 +134,12 @@ def test_help_lists_the_options():
 
 
 @pytest.mark.slow
-def test_chromium_renders_the_report(tmp_path):
+def test_chromium_renders_the_report(tmp_path, chromium):
     """The report needs nothing but the file: Debian's chromium shows the attainment headline."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
     report = tmp_path / "report.html"
     result = run_cli(write_run(tmp_path / "run", REFERENCE), *SLO_ARGS, "--report", report)
     assert result.exit_code == 0, result.output
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120,
-                         check=False)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert '<section id="attainment">' in dom.stdout
-    assert '<b id="attainment-0">42.86%</b>' in dom.stdout  # 3 of 7 requests
-    shot = tmp_path / "shot.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,2000", report.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    dom, shot = chromium(report)
+    assert '<section id="attainment">' in dom
+    assert '<b id="attainment-0">42.86%</b>' in dom  # 3 of 7 requests
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:4] == b"\x89PNG"
