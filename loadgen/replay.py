@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import gevent
-import numpy as np
 
 import aladdin
 from aladdin.loadgen.client import Endpoint, RunClock, StreamingClient

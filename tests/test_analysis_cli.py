@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import subprocess
 
 import pytest
 from click.testing import CliRunner
+from test_analysis_load import bench_result, write_bench
+from test_analysis_metrics import REFERENCE, write_run
 
 from aladdin.analysis.cli import analyze
 from aladdin.cli import cli
-from test_analysis_load import bench_result, write_bench
-from test_analysis_metrics import REFERENCE, write_run
 
 SLO_ARGS = ["--ttft-slo", "0.45", "--atgt-slo", "0.15"]
 

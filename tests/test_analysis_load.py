@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from test_analysis_metrics import REFERENCE, rec, write_run
 
 from aladdin.analysis.load import load_path, load_run_dir, load_runs
 from aladdin.analysis.metrics import SLO, Window, analyze_run
 from aladdin.errors import AladdinError
-from test_analysis_metrics import REFERENCE, rec, write_run
 
 approx = pytest.approx
 
