@@ -6,8 +6,8 @@ import json
 import platform
 import secrets
 import shlex
-from dataclasses import replace
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
