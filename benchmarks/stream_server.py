@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--ttft", type=float, default=0.05, help="seconds to the first token")
     parser.add_argument("--tbt", type=float, default=0.01, help="seconds between tokens")
     parser.add_argument("--error-every", type=int, default=0, help="answer every K-th request with HTTP 500")
+    parser.add_argument("--keepalive", type=float, default=75.0, help="seconds an idle connection is kept open")
     args = parser.parse_args()
     try:
         import uvloop
@@ -73,7 +74,7 @@ def main() -> None:
     except ImportError:
         pass
     web.run_app(make_app(args.ttft, args.tbt, args.error_every), host="127.0.0.1", port=args.port,
-                print=None, access_log=None)
+                print=None, access_log=None, keepalive_timeout=args.keepalive)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ from urllib.parse import urlsplit
 
 import gevent
 from geventhttpclient import HTTPClient
+from geventhttpclient.response import HTTPConnectionClosed
 
 from aladdin.loadgen.records import ERROR, OK, TIMEOUT, RequestRecord
 
 WORKER_HEADER = "x-aladdin-worker"
+STALE_CONNECTION_ERRORS = (HTTPConnectionClosed, ConnectionResetError, BrokenPipeError)
 API_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
 
@@ -120,8 +122,7 @@ class StreamingClient:
         headers = {**self._headers, "X-Request-Id": request_id}
         try:
             with gevent.Timeout(self.endpoint.timeout_s):
-                rec.sent = self.clock.now()
-                response = self._http.request("POST", self._path, body=body, headers=headers)
+                response = self._send(body, headers, rec)
                 rec.first_byte = self.clock.now()
                 try:
                     self._consume(response, rec)
@@ -135,6 +136,21 @@ class StreamingClient:
         if on_done is not None:
             on_done(rec)
         return rec
+
+    def _send(self, body: str, headers: dict, rec: RequestRecord):
+        """POST and wait for the response headers, stamping ``rec.sent``.
+
+        A pooled keep-alive connection may have been closed by the server while idle (uvicorn
+        closes them after 5 s); the request then fails before any response byte, without the
+        server having read it, so it is sent once more on a fresh connection.
+        """
+        for attempt in (1, 2):
+            rec.sent = self.clock.now()
+            try:
+                return self._http.request("POST", self._path, body=body, headers=headers)
+            except STALE_CONNECTION_ERRORS:
+                if attempt == 2:
+                    raise
 
     def _consume(self, response, rec: RequestRecord) -> None:
         rec.status = response.status_code
