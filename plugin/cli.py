@@ -1,0 +1,133 @@
+"""``aladdin simulate``: replay a workload on a simulated cluster instead of real servers.
+
+The schedule comes from the same code as ``aladdin replay`` (build_schedule), and the run
+folder has the same files, so ``aladdin analyze`` compares simulated and real runs directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from aladdin.errors import AladdinError
+from aladdin.loadgen.cli import _len_range
+
+POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICIES, kept literal for a fast --help
+
+
+@click.command("simulate")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Worker profile (JSON from 'aladdin profile') whose models time every iteration.")
+@click.option("--dataset", type=click.Choice(["sharegpt", "synthetic", "trace"]), default="sharegpt", show_default=True)
+@click.option("--dataset-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ShareGPT-format JSON or a trace (Azure CSV, Mooncake JSONL). Default: packaged ShareGPT V3.")
+@click.option("--num-requests", "-n", type=int, default=1000, show_default=True)
+@click.option("--arrival", type=click.Choice(["poisson", "gamma", "constant", "trace"]), default="poisson", show_default=True)
+@click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second (whole cluster).")
+@click.option("--cv", type=float, default=1.0, show_default=True, help="Gamma arrivals: CV of inter-arrival times.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Workload, arrivals and po2's choices.")
+@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Multiply trace timestamps by this.")
+@click.option("--min-prompt-tokens", type=int, default=4, show_default=True)
+@click.option("--max-prompt-tokens", type=int, default=1024, show_default=True)
+@click.option("--min-output-tokens", type=int, default=4, show_default=True)
+@click.option("--max-output-tokens", type=int, default=1024, show_default=True)
+@click.option("--max-total-tokens", type=int, default=2048, show_default=True)
+@click.option("--prompt-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform).")
+@click.option("--output-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform).")
+@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model folder whose tokenizer counts tokens (default: the tiny model).")
+@click.option("--workers", type=click.IntRange(min=1), required=True, help="Number of workers (engines).")
+@click.option("--gpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs of one worker; must match the profile's gpus_per_worker.")
+@click.option("--policy", type=click.Choice(POLICY_NAMES), default="aladdin", show_default=True)
+@click.option("--ttft-slo", type=float, default=None, help="TTFT SLO in seconds (default: none).")
+@click.option("--atgt-slo", type=float, default=None, help="ATGT SLO in seconds per token (default: none).")
+@click.option("--headroom", type=float, default=0.0, show_default=True,
+              help="aladdin: share of each worker's KV and ATGT budget kept free against prediction error.")
+@click.option("--oracle-lengths", is_flag=True, help="Place with the true output lengths instead of predictions.")
+@click.option("--predictor-quantile", type=float, default=None,
+              help="Predict this quantile of similar prompts' output lengths (default: their mean).")
+@click.option("--default-output-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Prediction before enough requests have finished.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
+@click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
+def simulate(profile_path, dataset, dataset_path, num_requests, arrival, rate, cv, seed, time_scale,
+             min_prompt_tokens, max_prompt_tokens, min_output_tokens, max_output_tokens, max_total_tokens,
+             prompt_tokens, output_tokens, tokenizer, workers, gpus_per_worker, policy, ttft_slo, atgt_slo,
+             headroom, oracle_lengths, predictor_quantile, default_output_tokens, output, label):
+    """Simulate a cluster of vLLM workers serving a workload under a placement policy."""
+    from aladdin.loadgen.datasets import load_tokenizer
+    from aladdin.loadgen.schedule import WorkloadConfig, build_schedule
+    from aladdin.modeldir import default_model_dir
+    from aladdin.plugin.placement import make_policy
+    from aladdin.plugin.predictor import PredictorConfig
+    from aladdin.plugin.profile_io import load_profile
+    from aladdin.plugin.sim import ClusterSimulator, SimConfig
+
+    if (output / "requests.jsonl").exists():
+        raise AladdinError(f"{output} already holds a run (requests.jsonl); choose another --output")
+    perf = load_profile(profile_path)
+    measured = perf.meta.get("gpus_per_worker")
+    if measured != gpus_per_worker:
+        raise AladdinError(
+            f"profile {profile_path} was measured with gpus_per_worker {measured}, not --gpus-per-worker {gpus_per_worker}"
+        )
+    try:
+        predictor = PredictorConfig(quantile=predictor_quantile, default_output_tokens=default_output_tokens)
+    except ValueError as exc:
+        raise AladdinError(f"--predictor-quantile: {exc}") from None
+    config = SimConfig(
+        num_workers=workers,
+        policy=policy,
+        ttft_slo=math.inf if ttft_slo is None else ttft_slo,
+        atgt_slo=math.inf if atgt_slo is None else atgt_slo,
+        oracle_lengths=oracle_lengths,
+        predictor=predictor,
+        seed=seed,
+        gpus_per_worker=gpus_per_worker,
+    )
+    config.validate()
+    options = {"aladdin": {"headroom": headroom}, "po2": {"seed": seed}}.get(policy, {})
+    placement = make_policy(policy, **options)
+    workload = WorkloadConfig(
+        dataset=dataset, dataset_path=str(dataset_path) if dataset_path else None, num_requests=num_requests,
+        arrival=arrival, rate=rate, cv=cv, seed=seed, time_scale=time_scale,
+        min_prompt_tokens=min_prompt_tokens, max_prompt_tokens=max_prompt_tokens,
+        min_output_tokens=min_output_tokens, max_output_tokens=max_output_tokens, max_total_tokens=max_total_tokens,
+        prompt_tokens=_len_range(prompt_tokens), output_tokens=_len_range(output_tokens),
+    )
+    workload.validate()
+    schedule = build_schedule(workload, load_tokenizer(tokenizer or default_model_dir("tiny")))
+    click.echo(f"simulating {len(schedule)} requests over {schedule[-1].offset:.1f}s on {workers} workers ({policy})",
+               err=True)
+    result = ClusterSimulator(perf, config, placement).run(schedule)
+    params = {
+        "workload": asdict(workload),
+        "profile": str(profile_path),
+        "workers": workers,
+        "gpus_per_worker": gpus_per_worker,
+        "policy": policy,
+        "headroom": headroom,
+        "ttft_slo": config.ttft_slo,
+        "atgt_slo": config.atgt_slo,
+        "oracle_lengths": oracle_lengths,
+        "predictor": predictor.to_dict(),
+        "label": label,
+    }
+    result.write(output, label=label, params=params, ttft_slo=config.ttft_slo, atgt_slo=config.atgt_slo)
+    summary = result.summary(config.ttft_slo, config.atgt_slo)
+    click.echo(
+        f"simulated {summary['simulated_seconds']:.1f}s in {summary['wall_seconds']:.1f}s wall; "
+        f"{summary['preemptions']} preemptions; central queue peak {summary['central_queue_peak']}"
+    )
+    ttft, atgt = summary["ttft"], summary["atgt"]
+    click.echo(f"TTFT p50 {ttft['p50_s']:.3f}s p99 {ttft['p99_s']:.3f}s; "
+               f"ATGT p50 {_ms(atgt['p50_s'])} p99 {_ms(atgt['p99_s'])}")
+    click.echo(f"SLO attainment {100 * summary['slo_attainment']:.1f}%; records in {output}")
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{1000 * seconds:.1f}ms"

@@ -1,0 +1,816 @@
+"""Discrete-event simulator of a cluster of vLLM-V1-like workers behind a placement policy.
+
+Each worker runs continuous batching like vLLM V1's scheduler: every iteration first gives
+each running request its next token (its decode), then prefill chunks to running requests
+still prefilling and to waiting requests in FCFS order, up to ``max_batched_tokens`` tokens
+and ``max_num_seqs`` running requests. KV blocks are allocated as contexts grow (a new
+request reserves its whole prompt); when a decode needs a block and none is free, the newest
+running request is preempted: its blocks are freed and it goes back to the front of the
+waiting queue, to re-prefill prompt + generated tokens (recompute). Iteration times come
+from the worker's PerfModel.
+
+Speed: an iteration is only simulated one at a time while something is prefilling. A run of
+pure decode iterations has a fixed batch, so its iteration times form an arithmetic series:
+the worker jumps straight to the next moment something changes (a request finishes, reaches
+its predicted length, or KV runs out), and an arrival cuts the run at the first iteration
+boundary after it. Token times are never stored per token: each worker logs its runs
+(start, iterations, first time, increment) and each request the contiguous range of its
+worker's iterations it streamed in, and the times are materialized at the end.
+
+Output: the same per-request records as a real replay (``requests.jsonl`` + ``run.json``), so
+``aladdin analyze`` reads simulated runs unchanged. Design notes: docs/placement.md.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aladdin.errors import AladdinError
+from aladdin.loadgen.records import OK, SCHEMA_VERSION, RequestRecord
+from aladdin.loadgen.schedule import ScheduledRequest
+from aladdin.plugin.perfmodel import PerfModel
+from aladdin.plugin.placement import (
+    CentralQueue,
+    PlacementPolicy,
+    Rebalancer,
+    RequestSet,
+    RequestView,
+    WorkerView,
+    make_policy,
+)
+from aladdin.plugin.predictor import LengthPredictor, PredictorConfig, prediction_errors
+
+RUN_SCHEMA_VERSION = 1  # run.json layout; loadgen.replay's constant (not imported: it pulls in gevent)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What is simulated, besides the workload and the worker model."""
+
+    num_workers: int
+    policy: str = "aladdin"
+    ttft_slo: float = math.inf  # seconds; inf: none
+    atgt_slo: float = math.inf  # seconds per token; inf: none
+    oracle_lengths: bool = False  # predictions are the true output lengths
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    seed: int = 0  # of the randomized policies (po2)
+    gpus_per_worker: int = 1  # recorded with the run
+
+    def validate(self) -> None:
+        if self.num_workers < 1:
+            raise AladdinError(f"--workers must be at least 1, got {self.num_workers}")
+        if self.gpus_per_worker < 1:
+            raise AladdinError(f"--gpus-per-worker must be at least 1, got {self.gpus_per_worker}")
+        for name, value in (("--ttft-slo", self.ttft_slo), ("--atgt-slo", self.atgt_slo)):
+            if not value > 0:
+                raise AladdinError(f"{name} must be > 0 seconds, got {value}")
+
+
+class _Worker:
+    """One engine's scheduler state, kept in O(1)-updatable aggregates.
+
+    A decoding request streams one token in every iteration, so its generated count is
+    implicit: ``iterations - base[request]``. The decode batch's context sum is then
+    ``context_base + n_decode * iterations``, and ``phase[j]`` counts the decoding requests
+    whose KV blocks are full at iterations j, j + block_size, ... (each needs a new block
+    there), so KV growth over a run is O(block_size) to compute.
+    """
+
+    __slots__ = (
+        "index", "id", "running", "prefilling", "waiting", "n_decode", "context_base", "phase",
+        "finishes", "overruns", "blocks_used", "iterations", "log_start", "log_count", "log_first",
+        "log_step", "busy", "t0", "count", "first", "step", "chunks", "seq", "version", "view",
+        "view_version",
+    )
+
+    def __init__(self, index: int, worker_id: str, block_size: int):
+        self.index = index
+        self.id = worker_id
+        self.running: dict[int, None] = {}  # admission order; the newest is preempted first
+        self.prefilling: list[int] = []  # running requests still computing their prompt (or recomputing)
+        self.waiting: deque[int] = deque()
+        self.n_decode = 0
+        self.context_base = 0
+        self.phase = [0] * block_size
+        self.finishes: list[tuple[int, int]] = []  # heap: (iterations when it finishes, request)
+        self.overruns: list[tuple[int, int]] = []  # heap: (iterations when it reaches its prediction, request)
+        self.blocks_used = 0
+        self.iterations = 0  # completed
+        # The iteration log, one entry per run: iteration j of a run ends at
+        # start + (j + 1) * first + step * j * (j + 1) / 2.
+        self.log_start: list[float] = []
+        self.log_count: list[int] = []
+        self.log_first: list[float] = []
+        self.log_step: list[float] = []
+        # The run in flight: ``count`` iterations from ``t0``; ``chunks`` lists the prefill
+        # chunks (request, tokens) of a single mixed iteration, None for a pure decode run.
+        self.busy = False
+        self.t0 = 0.0
+        self.count = 0
+        self.first = 0.0
+        self.step = 0.0
+        self.chunks: list[tuple[int, int]] | None = None
+        self.seq = 0  # the heap entry that ends the run in flight
+        self.version = 0
+        self.view: WorkerView | None = None
+        self.view_version = -1
+
+    def elapsed(self, iterations: int) -> float:
+        """Time from the run's start to the end of its first ``iterations`` iterations."""
+        return iterations * self.first + self.step * iterations * (iterations - 1) / 2.0
+
+
+@dataclass
+class SimResult:
+    """Everything a simulation produced, with token times materialized."""
+
+    ids: list[str]
+    arrival: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    requested_output_tokens: np.ndarray
+    worker: np.ndarray  # index of the serving worker
+    worker_ids: list[str]
+    first_prediction: np.ndarray
+    preemptions: np.ndarray
+    token_offsets: np.ndarray  # request i's token times are token_times[offsets[i]:offsets[i+1]]
+    token_times: np.ndarray
+    iterations: int
+    central_queue_peak: int
+    central_queued: int  # requests that waited in the central queue at least once
+    prediction_error_by_worker: dict[str, dict[str, Any]]
+    wall_seconds: float
+
+    def times_of(self, i: int) -> np.ndarray:
+        return self.token_times[self.token_offsets[i] : self.token_offsets[i + 1]]
+
+    @property
+    def first_token(self) -> np.ndarray:
+        return self.token_times[self.token_offsets[:-1]]
+
+    @property
+    def last_token(self) -> np.ndarray:
+        return self.token_times[self.token_offsets[1:] - 1]
+
+    @property
+    def ttft(self) -> np.ndarray:
+        return self.first_token - self.arrival
+
+    @property
+    def atgt(self) -> np.ndarray:
+        """(last - first token) / (output - 1); NaN for one-token outputs."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(
+                self.output_tokens > 1,
+                (self.last_token - self.first_token) / (self.output_tokens - 1),
+                np.nan,
+            )
+
+    def attainment(self, ttft_slo: float, atgt_slo: float) -> float:
+        """Fraction meeting both SLOs (a one-token output has no ATGT to miss)."""
+        atgt = np.nan_to_num(self.atgt, nan=0.0)
+        return float(np.mean((self.ttft <= ttft_slo) & (atgt <= atgt_slo)))
+
+    def records(self) -> Iterator[RequestRecord]:
+        """The requests as RequestRecord objects (the slow path; ``write`` is the fast one)."""
+        for i, request_id in enumerate(self.ids):
+            times = self.times_of(i).tolist()
+            yield RequestRecord(
+                id=request_id,
+                scheduled=float(self.arrival[i]),
+                requested_output_tokens=int(self.requested_output_tokens[i]),
+                dispatched=float(self.arrival[i]),
+                sent=float(self.arrival[i]),
+                first_byte=times[0],
+                chunk_times=times,
+                chunk_tokens=[1] * len(times),
+                done=times[-1],
+                prompt_tokens=int(self.prompt_tokens[i]),
+                output_tokens=int(self.output_tokens[i]),
+                expected_prompt_tokens=int(self.prompt_tokens[i]),
+                status=200,
+                outcome=OK,
+                worker=self.worker_ids[self.worker[i]],
+            )
+
+    def summary(self, ttft_slo: float, atgt_slo: float) -> dict[str, Any]:
+        n = len(self.ids)
+        ttft, atgt = self.ttft, self.atgt
+
+        def pct(values: np.ndarray) -> dict[str, float | None]:
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                return {"p50_s": None, "p90_s": None, "p99_s": None, "mean_s": None}
+            p50, p90, p99 = np.percentile(values, [50, 90, 99])
+            return {"p50_s": float(p50), "p90_s": float(p90), "p99_s": float(p99), "mean_s": float(values.mean())}
+
+        end = float(self.last_token.max()) if n else 0.0
+        return {
+            "requests": n,
+            "finished": n,
+            "unfinished": 0,
+            "ok": n,
+            "error": 0,
+            "timeout": 0,
+            "simulated_seconds": end,
+            "wall_seconds": self.wall_seconds,
+            "simulated_per_wall_second": end / self.wall_seconds if self.wall_seconds > 0 else None,
+            "iterations": self.iterations,
+            "preemptions": int(self.preemptions.sum()),
+            "preempted_requests": int((self.preemptions > 0).sum()),
+            "central_queue_peak": self.central_queue_peak,
+            "central_queued_requests": self.central_queued,
+            "ttft": pct(ttft),
+            "atgt": pct(atgt),
+            "slo_attainment": self.attainment(ttft_slo, atgt_slo) if n else None,
+            "prediction_error": prediction_errors(self.first_prediction, self.output_tokens).to_dict() if n else None,
+            "prediction_error_by_worker": self.prediction_error_by_worker,
+        }
+
+    def write(self, output: str | Path, *, label: str | None = None, params: dict[str, Any] | None = None,
+              ttft_slo: float = math.inf, atgt_slo: float = math.inf) -> Path:
+        """Write ``requests.jsonl`` and ``run.json`` into ``output`` (created; must hold no run)."""
+        output = Path(output)
+        if (output / "requests.jsonl").exists():
+            raise AladdinError(f"{output} already holds a run (requests.jsonl); choose another --output")
+        output.mkdir(parents=True, exist_ok=True)
+        self._write_records(output / "requests.jsonl")
+        run = {
+            "schema": RUN_SCHEMA_VERSION,
+            "status": "finished",
+            "label": label or output.name,
+            "start_epoch": 0,
+            "simulated": True,
+            "params": params or {},
+            "summary": self.summary(ttft_slo, atgt_slo),
+        }
+        partial = output / "run.json.partial"
+        partial.write_text(json.dumps(_jsonable(run), indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, output / "run.json")
+        return output
+
+    def _write_records(self, path: Path) -> None:
+        """Compact lines exactly as RecordWriter writes them, formatted in bulk.
+
+        Times are rounded to the microsecond; repr() of a float is the shortest round-trip
+        text, the same json.dumps writes.
+        """
+        times = np.round(self.token_times, 6).tolist()
+        offsets = self.token_offsets.tolist()
+        arrival = self.arrival.tolist()
+        prompts = self.prompt_tokens.tolist()
+        outputs = self.output_tokens.tolist()
+        requested = self.requested_output_tokens.tolist()
+        workers = [json.dumps(w) for w in self.worker_ids]
+        worker = self.worker.tolist()
+        with open(path, "w", encoding="utf-8") as fh:
+            lines = []
+            for i, request_id in enumerate(self.ids):
+                chunk = times[offsets[i] : offsets[i + 1]]
+                sent = arrival[i]
+                lines.append(
+                    f'{{"id":{json.dumps(request_id)},"scheduled":{sent!r},'
+                    f'"requested_output_tokens":{requested[i]},"dispatched":{sent!r},"sent":{sent!r},'
+                    f'"first_byte":{chunk[0]!r},"chunk_times":[{",".join(map(repr, chunk))}],'
+                    f'"chunk_tokens":[{("1," * len(chunk))[:-1]}],"done":{chunk[-1]!r},'
+                    f'"prompt_tokens":{prompts[i]},"output_tokens":{outputs[i]},'
+                    f'"expected_prompt_tokens":{prompts[i]},"status":200,"outcome":"ok","error":null,'
+                    f'"worker":{workers[worker[i]]},"client":null,"schema":{SCHEMA_VERSION}}}\n'
+                )
+                if len(lines) == 4096:
+                    fh.write("".join(lines))
+                    lines.clear()
+            fh.write("".join(lines))
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars as Python numbers, infinities (no SLO) as null."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class ClusterSimulator:
+    """Replays a schedule on ``num_workers`` identical workers; ``run`` returns a SimResult.
+
+    ``policy`` (an object) overrides ``config.policy`` (a registry name). A simulator runs
+    once: policies and the predictor learn as it goes.
+    """
+
+    def __init__(self, perf: PerfModel, config: SimConfig, policy: PlacementPolicy | None = None):
+        config.validate()
+        if perf.max_batched_tokens < perf.max_num_seqs:
+            raise AladdinError(
+                f"max_batched_tokens {perf.max_batched_tokens} is below max_num_seqs {perf.max_num_seqs}; "
+                "vLLM refuses that too"
+            )
+        self.perf = perf
+        self.config = config
+        self.policy = policy if policy is not None else make_policy(
+            config.policy, **({"seed": config.seed} if config.policy == "po2" else {})
+        )
+        self.predictor = LengthPredictor(config.predictor)
+        self.rebalancer = Rebalancer(self.predictor)
+        self.central = CentralQueue(self.policy)
+        self.track_overruns = not config.oracle_lengths and getattr(self.policy, "uses_predictions", True)
+        self.block_size = perf.kv.block_size
+        self.num_blocks = perf.kv.num_blocks
+        width = len(str(config.num_workers - 1))
+        self.workers = [_Worker(i, f"w{i:0{width}d}", self.block_size) for i in range(config.num_workers)]
+        self._by_id = {w.id: w for w in self.workers}
+        self._atgt_slo = np.full(perf.max_num_seqs, config.atgt_slo, dtype=float)  # see _slo_column
+        self._no_requests = RequestSet.of(())
+        self._heap: list[tuple[float, int, int]] = []
+        self._seq = 0
+        self._handling: _Worker | None = None
+        self._spans: list[tuple[int, int, int, int]] = []  # (request, worker, first iteration, tokens)
+
+    # ------------------------------------------------------------------ setup and main loop
+
+    def run(self, schedule: Sequence[ScheduledRequest]) -> SimResult:
+        started = time.perf_counter()
+        if hasattr(self, "ids"):
+            raise RuntimeError("a ClusterSimulator runs once; make a new one")
+        if not schedule:
+            raise AladdinError("the schedule has no requests")
+        schedule = sorted(schedule, key=lambda r: r.offset)
+        n = len(schedule)
+        self.ids = [r.id for r in schedule]
+        self._index = {request_id: i for i, request_id in enumerate(self.ids)}
+        arrivals = [float(r.offset) for r in schedule]
+        self.arrival = arrivals
+        self.prompt = [int(r.spec.prompt_tokens) for r in schedule]
+        self.out = [int(r.spec.output_tokens) for r in schedule]
+        self._check_lengths()
+        self.pred = [0] * n  # current predicted output length
+        self.first_pred = [0] * n
+        self.gen = [0] * n  # generated tokens of a request that is not decoding
+        self.base = [0] * n  # decoding: generated = worker iterations - base
+        self.decoding = [False] * n
+        self.computed = [0] * n  # prefilling: tokens computed so far
+        self.target = [0] * n  # prefilling: tokens to compute (prompt + generated at admission)
+        self.reserved = [0] * n  # prefilling: KV blocks reserved at admission
+        self.span_start = [0] * n  # decoding: the worker iteration of the current span's first token
+        self.assigned = [-1] * n
+        self.preemptions = [0] * n
+        self.queued = [False] * n
+        # numpy copies of what worker views read, so a view is a few vectorized gathers
+        self._prompt_np = np.array(self.prompt, dtype=np.int64)
+        self._pred_np = np.zeros(n, dtype=np.int64)
+        self._gen_np = np.zeros(n, dtype=np.int64)
+        self._base_np = np.zeros(n, dtype=np.int64)
+        self._decoding_np = np.zeros(n, dtype=bool)
+        self._first_token_np = np.full(n, math.nan)
+
+        next_arrival = 0
+        heap = self._heap
+        workers = self.workers
+        oracle = self.config.oracle_lengths
+        while True:
+            arrival_time = arrivals[next_arrival] if next_arrival < n else math.inf
+            if heap and heap[0][0] <= arrival_time:
+                event_time, seq, index = heapq.heappop(heap)
+                worker = workers[index]
+                if seq == worker.seq and worker.busy:
+                    self._end_run(worker, event_time)
+            elif next_arrival < n:
+                i = next_arrival
+                next_arrival += 1
+                predicted = self.out[i] if oracle else self.predictor.predict(self.prompt[i])
+                self.first_pred[i] = self.pred[i] = self._pred_np[i] = predicted
+                self._offer(i, arrival_time)
+            else:
+                break
+        if len(self.central):
+            raise AladdinError(f"{len(self.central)} requests were never placed")  # a policy bug, not input
+        return self._result(time.perf_counter() - started)
+
+    def _check_lengths(self) -> None:
+        prompt, out = np.array(self.prompt), np.array(self.out)
+        if (prompt < 1).any() or (out < 1).any():
+            raise AladdinError("every request needs at least one prompt and one output token")
+        kv = self.perf.kv
+        too_long = np.flatnonzero(kv.blocks(prompt + out - 1) > kv.num_blocks)
+        if too_long.size:
+            i = int(too_long[0])
+            raise AladdinError(
+                f"request {self.ids[i]} needs {prompt[i] + out[i] - 1} KV tokens, more than a worker's "
+                f"{kv.capacity_tokens}; {too_long.size} such request(s) (lower --max-total-tokens)"
+            )
+
+    # ------------------------------------------------------------------ placement
+
+    def _request_view(self, i: int) -> RequestView:
+        return RequestView(
+            id=self.ids[i],
+            prompt_tokens=self.prompt[i],
+            predicted_output_tokens=self.pred[i],
+            arrival_time=self.arrival[i],
+            ttft_slo=self.config.ttft_slo,
+            atgt_slo=self.config.atgt_slo,
+        )
+
+    def _offer(self, i: int, now: float) -> None:
+        request = self._request_view(i)
+        choice = self.policy.choose(request, self._views(), now)
+        if choice is None:
+            self.queued[i] = True
+            self.central.push(request)
+        else:
+            self._place(i, self._by_id[choice], now)
+
+    def _retry_central(self, now: float) -> None:
+        index = self._index
+
+        def refresh(request: RequestView) -> RequestView:
+            i = index[request.id]
+            if not self.config.oracle_lengths:
+                self.pred[i] = self._pred_np[i] = self.predictor.predict(self.prompt[i])
+            return self._request_view(i)
+
+        def place(request: RequestView, worker_id: str) -> None:
+            self._place(index[request.id], self._by_id[worker_id], now)
+
+        self.central.retry(self._views, place, now, refresh)
+
+    def _place(self, i: int, worker: _Worker, now: float) -> None:
+        self.assigned[i] = worker.index
+        worker.waiting.append(i)
+        worker.version += 1
+        if worker is self._handling:
+            return  # its next run is planned right after
+        if not worker.busy:
+            self._plan(worker, now)
+        elif worker.chunks is None and len(worker.waiting) == 1 and len(worker.running) < self.perf.max_num_seqs:
+            self._cut_run(worker, now)  # otherwise the run already ignored a blocked queue head
+
+    def _cut_run(self, worker: _Worker, now: float) -> None:
+        """End a pure decode run at the first iteration boundary at or after ``now``."""
+        wanted = now - worker.t0
+        if wanted <= 0:
+            count = 1
+        elif worker.step == 0:
+            count = math.ceil(wanted / worker.first)
+        else:
+            half = worker.step / 2.0
+            linear = worker.first - half
+            count = math.ceil((-linear + math.sqrt(linear * linear + 4.0 * half * wanted)) / (2.0 * half))
+        count = max(count, 1)
+        while count > 1 and worker.elapsed(count - 1) >= wanted:
+            count -= 1
+        while count < worker.count and worker.elapsed(count) < wanted:
+            count += 1
+        if count < worker.count:
+            worker.count = count
+            self._schedule_end(worker)
+
+    def _views(self) -> list[WorkerView]:
+        views = []
+        for worker in self.workers:
+            if worker.view_version != worker.version:
+                worker.view = self._build_view(worker)
+                worker.view_version = worker.version
+            views.append(worker.view)
+        return views
+
+    def _build_view(self, worker: _Worker) -> WorkerView:
+        """The worker as of its last run boundary (a decode run in flight is not re-observed)."""
+        rows = np.fromiter(worker.running, dtype=np.int64, count=len(worker.running))
+        generated = np.where(
+            self._decoding_np[rows], worker.iterations - self._base_np[rows], self._gen_np[rows]
+        )
+        running = RequestSet(
+            self._prompt_np[rows], generated, self._pred_np[rows], self._slo_column(rows.size), self._first_token_np[rows]
+        )
+        unprefilled = sum(self.target[r] - self.computed[r] for r in worker.prefilling)
+        if worker.waiting:
+            queued = np.fromiter(worker.waiting, dtype=np.int64, count=len(worker.waiting))
+            waiting = RequestSet(
+                self._prompt_np[queued],
+                self._gen_np[queued],
+                self._pred_np[queued],
+                self._slo_column(queued.size),
+                self._first_token_np[queued],
+            )
+            unprefilled += int(waiting.context_tokens.sum())
+        else:
+            waiting = self._no_requests
+        return WorkerView(
+            id=worker.id,
+            perf=self.perf,
+            running=running,
+            waiting=waiting,
+            kv_tokens_held=worker.blocks_used * self.block_size,
+            unprefilled_tokens=unprefilled,
+            observed_at=worker.t0 if worker.busy else None,
+            version=worker.version,
+        )
+
+    def _slo_column(self, size: int) -> np.ndarray:
+        """``size`` copies of the ATGT SLO, sliced from one shared array (grown when needed)."""
+        if size > self._atgt_slo.size:
+            self._atgt_slo = np.full(2 * size, self.config.atgt_slo, dtype=float)
+        return self._atgt_slo[:size]
+
+    # ------------------------------------------------------------------ planning runs
+
+    def _schedule_end(self, worker: _Worker) -> None:
+        self._seq += 1
+        worker.seq = self._seq
+        heapq.heappush(self._heap, (worker.t0 + worker.elapsed(worker.count), self._seq, worker.index))
+
+    def _start_run(self, worker: _Worker, now: float, count: int, first: float, step: float,
+                   chunks: list[tuple[int, int]] | None) -> None:
+        worker.busy = True
+        worker.t0, worker.count, worker.first, worker.step, worker.chunks = now, count, first, step, chunks
+        self._schedule_end(worker)
+
+    def _plan(self, worker: _Worker, now: float) -> None:
+        """Choose the worker's next run: a stretch of pure decode iterations, or one mixed iteration."""
+        worker.version += 1
+        if not worker.running and not worker.waiting:
+            worker.busy = False
+            return
+        free = self.num_blocks - worker.blocks_used
+        if not worker.prefilling and worker.n_decode and not self._can_admit(worker, free):
+            count = self._decode_run_length(worker, free)
+            if count >= 1:
+                decode, n = self.perf.decode, worker.n_decode
+                first = decode.a * n + decode.b * (worker.context_base + n * worker.iterations) + decode.c
+                self._start_run(worker, now, count, first, decode.b * n, None)
+                return
+        self._plan_iteration(worker, now)
+
+    def _can_admit(self, worker: _Worker, free: int) -> bool:
+        if not worker.waiting or len(worker.running) >= self.perf.max_num_seqs:
+            return False
+        head = worker.waiting[0]
+        return -(-(self.prompt[head] + self.gen[head]) // self.block_size) <= free
+
+    def _decode_run_length(self, worker: _Worker, free: int) -> int:
+        """Decode iterations until a request finishes, reaches its prediction, or KV runs out."""
+        iterations = worker.iterations
+        base, decoding = self.base, self.decoding
+        finishes = worker.finishes
+        out = self.out
+        while not (decoding[finishes[0][1]] and base[finishes[0][1]] + out[finishes[0][1]] == finishes[0][0]):
+            heapq.heappop(finishes)  # a preempted request's old entry
+        count = finishes[0][0] - iterations
+        if self.track_overruns:
+            overruns, pred = worker.overruns, self.pred
+            while overruns and not (decoding[overruns[0][1]] and base[overruns[0][1]] + pred[overruns[0][1]] == overruns[0][0]):
+                heapq.heappop(overruns)
+            if overruns:
+                count = min(count, overruns[0][0] - iterations)
+        n, bs = worker.n_decode, self.block_size
+        if n * -(-count // bs) <= free:
+            return count
+        # Every block_size iterations each decoding request takes exactly one block.
+        cycles = free // n
+        run, left = cycles * bs, free - cycles * n
+        phase = worker.phase
+        while run < count and phase[(iterations + run) % bs] <= left:
+            left -= phase[(iterations + run) % bs]
+            run += 1
+        return min(run, count)
+
+    def _plan_iteration(self, worker: _Worker, now: float) -> None:
+        """One vLLM-V1 scheduler step: decodes (preempting on KV shortage), then prefill chunks."""
+        perf = self.perf
+        bs = self.block_size
+        slot = worker.iterations % bs
+        preempted = False
+        while worker.phase[slot] > self.num_blocks - worker.blocks_used:
+            self._preempt_newest(worker)
+            preempted = True
+        worker.blocks_used += worker.phase[slot]
+        free = self.num_blocks - worker.blocks_used
+        n_decode = worker.n_decode
+        budget = perf.max_batched_tokens - n_decode
+        prefill = perf.prefill
+        chunks: list[tuple[int, int]] = []
+        work = 0.0
+        for r in worker.prefilling:
+            if budget <= 0:
+                break
+            done = self.computed[r]
+            take = min(self.target[r] - done, budget)
+            chunks.append((r, take))
+            work += prefill.a * take + prefill.q * take * (2 * done + take)
+            budget -= take
+        if not preempted or (n_decode == 0 and not chunks):
+            waiting = worker.waiting
+            while waiting and budget > 0 and len(worker.running) < perf.max_num_seqs:
+                head = waiting[0]
+                tokens = self.prompt[head] + self.gen[head]
+                blocks = -(-tokens // bs)
+                if blocks > free:
+                    break
+                waiting.popleft()
+                self._admit(worker, head, tokens, blocks)
+                free -= blocks
+                take = min(tokens, budget)
+                chunks.append((head, take))
+                work += prefill.a * take + prefill.q * take * take
+                budget -= take
+        if n_decode == 0 and not chunks:
+            worker.busy = False  # nothing can run; cannot happen for requests that fit the cache
+            return
+        self._start_run(worker, now, 1, self._iteration_time(worker, n_decode, work, bool(chunks)), 0.0, chunks)
+
+    def _iteration_time(self, worker: _Worker, n_decode: int, prefill_work: float, has_prefill: bool) -> float:
+        """PerfModel.iteration_time, inlined: this runs once per mixed iteration.
+
+        ``prefill_work`` is the sum of PrefillModel.chunk_work over the chunks; the fixed
+        cost is paid once per pass, max(c_d, c_p) when decodes and prefills share it.
+        """
+        decode, prefill = self.perf.decode, self.perf.prefill
+        if not n_decode:
+            return prefill_work + prefill.c
+        context = worker.context_base + n_decode * worker.iterations
+        fixed = max(decode.c, prefill.c) if has_prefill else decode.c
+        return decode.a * n_decode + decode.b * context + prefill_work + fixed
+
+    def _admit(self, worker: _Worker, i: int, tokens: int, blocks: int) -> None:
+        worker.running[i] = None
+        worker.prefilling.append(i)
+        self.computed[i] = 0
+        self.target[i] = tokens
+        self.reserved[i] = blocks
+        worker.blocks_used += blocks
+
+    def _preempt_newest(self, worker: _Worker) -> None:
+        """Recompute preemption: free the newest running request's KV and queue it first."""
+        i = next(reversed(worker.running))
+        del worker.running[i]
+        if self.decoding[i]:
+            generated = self._stop_decoding(worker, i)
+            self.gen[i] = self._gen_np[i] = generated
+            worker.blocks_used -= -(-(self.prompt[i] + generated - 1) // self.block_size)
+        else:
+            worker.prefilling.remove(i)
+            worker.blocks_used -= self.reserved[i]
+        self.preemptions[i] += 1
+        worker.waiting.appendleft(i)
+
+    def _start_decoding(self, worker: _Worker, i: int, iteration: int, now: float) -> None:
+        """Request ``i``'s prefill ended in ``iteration`` at ``now``, streaming its next token."""
+        worker.prefilling.remove(i)
+        if not self.gen[i]:
+            self._first_token_np[i] = now
+        base = iteration - self.gen[i]
+        self.base[i] = self._base_np[i] = base
+        self.decoding[i] = self._decoding_np[i] = True
+        self.span_start[i] = iteration
+        worker.n_decode += 1
+        worker.context_base += self.prompt[i] - base
+        worker.phase[(base + 1 - self.prompt[i]) % self.block_size] += 1
+        heapq.heappush(worker.finishes, (base + self.out[i], i))
+        if self.track_overruns and self.pred[i] < self.out[i]:
+            heapq.heappush(worker.overruns, (base + self.pred[i], i))
+
+    def _stop_decoding(self, worker: _Worker, i: int) -> int:
+        """Take request ``i`` out of the decode aggregates and close its span; returns its tokens."""
+        base = self.base[i]
+        generated = worker.iterations - base
+        self.decoding[i] = self._decoding_np[i] = False
+        worker.n_decode -= 1
+        worker.context_base -= self.prompt[i] - base
+        worker.phase[(base + 1 - self.prompt[i]) % self.block_size] -= 1
+        start = self.span_start[i]
+        self._spans.append((i, worker.index, start, worker.iterations - start))
+        return generated
+
+    # ------------------------------------------------------------------ ending runs
+
+    def _end_run(self, worker: _Worker, now: float) -> None:
+        """Apply the run that just ended, retire finished requests, plan the next run."""
+        worker.version += 1
+        worker.busy = False
+        count = worker.count
+        worker.log_start.append(worker.t0)
+        worker.log_count.append(count)
+        worker.log_first.append(worker.first)
+        worker.log_step.append(worker.step)
+        start = worker.iterations
+        worker.iterations = start + count
+        if worker.chunks is None:
+            worker.blocks_used += self._blocks_taken(worker, start, count)
+        else:
+            for i, take in worker.chunks:
+                self.computed[i] += take
+                if self.computed[i] == self.target[i]:
+                    self._start_decoding(worker, i, start, now)
+        finished = self._retire(worker)
+        if self.track_overruns:
+            self._repredict(worker)
+        if finished and len(self.central):
+            self._handling = worker
+            self._retry_central(now)
+            self._handling = None
+        self._plan(worker, now)
+
+    def _blocks_taken(self, worker: _Worker, start: int, count: int) -> int:
+        """KV blocks the decoding requests took in ``count`` pure decode iterations from ``start``."""
+        bs = self.block_size
+        cycles, rest = divmod(count, bs)
+        phase = worker.phase
+        offset = start + cycles * bs
+        return cycles * worker.n_decode + sum(phase[(offset + j) % bs] for j in range(rest))
+
+    def _retire(self, worker: _Worker) -> bool:
+        finishes, iterations = worker.finishes, worker.iterations
+        base, out, decoding = self.base, self.out, self.decoding
+        finished = False
+        while finishes and finishes[0][0] <= iterations:
+            key, i = heapq.heappop(finishes)
+            if not (decoding[i] and base[i] + out[i] == key):
+                continue  # a preempted request's old entry
+            finished = True
+            del worker.running[i]
+            self.gen[i] = self._stop_decoding(worker, i)
+            worker.blocks_used -= -(-(self.prompt[i] + out[i] - 1) // self.block_size)
+            if not self.config.oracle_lengths:
+                self.rebalancer.finished(worker.id, self.prompt[i], out[i], self.first_pred[i])
+        return finished
+
+    def _repredict(self, worker: _Worker) -> None:
+        overruns, iterations = worker.overruns, worker.iterations
+        base, pred, decoding = self.base, self.pred, self.decoding
+        while overruns and overruns[0][0] <= iterations:
+            key, i = heapq.heappop(overruns)
+            if not (decoding[i] and base[i] + pred[i] == key):
+                continue
+            pred[i] = self._pred_np[i] = self.rebalancer.overrun(worker.id, self.prompt[i], iterations - base[i])
+            if pred[i] < self.out[i]:
+                heapq.heappush(overruns, (base[i] + pred[i], i))
+
+    # ------------------------------------------------------------------ result
+
+    def _result(self, wall_seconds: float) -> SimResult:
+        n = len(self.ids)
+        out = np.array(self.out, dtype=np.int64)
+        # Every worker's iteration end times, one flat array.
+        worker_offsets = [0]
+        parts = []
+        for worker in self.workers:
+            counts = np.array(worker.log_count, dtype=np.int64)
+            total = int(counts.sum())
+            within = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            parts.append(
+                np.repeat(worker.log_start, counts)
+                + (within + 1) * np.repeat(worker.log_first, counts)
+                + np.repeat(worker.log_step, counts) * within * (within + 1) / 2.0
+            )
+            worker_offsets.append(worker_offsets[-1] + total)
+        iteration_times = np.concatenate(parts)
+        spans = np.array(self._spans, dtype=np.int64).reshape(-1, 4)
+        spans = spans[np.argsort(spans[:, 0], kind="stable")]
+        tokens = spans[:, 3]
+        span_base = np.asarray(worker_offsets)[spans[:, 1]] + spans[:, 2]
+        within = np.arange(int(tokens.sum())) - np.repeat(np.cumsum(tokens) - tokens, tokens)
+        token_times = iteration_times[np.repeat(span_base, tokens) + within]
+        per_request = np.bincount(spans[:, 0], weights=tokens, minlength=n).astype(np.int64)
+        if not np.array_equal(per_request, out):
+            raise AssertionError("simulator bookkeeping lost tokens")  # an internal invariant
+        return SimResult(
+            ids=self.ids,
+            arrival=np.array(self.arrival, dtype=float),
+            prompt_tokens=np.array(self.prompt, dtype=np.int64),
+            output_tokens=out,
+            requested_output_tokens=out.copy(),
+            worker=np.array(self.assigned, dtype=np.int64),
+            worker_ids=[w.id for w in self.workers],
+            first_prediction=np.array(self.first_pred, dtype=np.int64),
+            preemptions=np.array(self.preemptions, dtype=np.int64),
+            token_offsets=np.concatenate(([0], np.cumsum(per_request))),
+            token_times=token_times,
+            iterations=int(worker_offsets[-1]),
+            central_queue_peak=self.central.peak,
+            central_queued=int(sum(self.queued)),
+            prediction_error_by_worker=self.rebalancer.summary(),
+            wall_seconds=wall_seconds,
+        )
+
+
+def simulate(schedule: Sequence[ScheduledRequest], perf: PerfModel, config: SimConfig,
+             policy: PlacementPolicy | None = None) -> SimResult:
+    """Run one simulation (a new simulator each time: policies and predictors keep state)."""
+    return ClusterSimulator(perf, config, policy).run(schedule)

@@ -1,0 +1,263 @@
+"""The cluster simulator: known answers, an independent per-iteration reference, records, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from aladdin.errors import AladdinError
+from aladdin.loadgen.datasets import RequestSpec
+from aladdin.loadgen.records import RequestRecord
+from aladdin.loadgen.schedule import ScheduledRequest
+from aladdin.plugin.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+from aladdin.plugin.placement import AladdinPolicy
+from aladdin.plugin.predictor import PredictorConfig
+from aladdin.plugin.profile_io import ProfileMeta, save_profile
+from aladdin.plugin.sim import ClusterSimulator, SimConfig, simulate
+
+PREFILL = PrefillModel(a=5e-5, q=1e-9, c=0.015)
+DECODE = DecodeModel(a=1.5e-4, b=3.4e-7, c=0.012)
+PERF = PerfModel(PREFILL, DECODE, KVModel(16, 16 * 4000), max_num_seqs=64, max_batched_tokens=2048)
+
+
+def schedule(requests: list[tuple[float, int, int]]) -> list[ScheduledRequest]:
+    """(arrival, prompt tokens, output tokens) -> a schedule, ids r0, r1, ..."""
+    return [
+        ScheduledRequest(f"r{i}", arrival, RequestSpec("x", prompt, output, None, None, f"s{i}"))
+        for i, (arrival, prompt, output) in enumerate(requests)
+    ]
+
+
+def reference(perf: PerfModel, requests: list[tuple[float, int, int]]) -> list[list[float]]:
+    """One worker, stepped one iteration at a time with plain objects: the vLLM-V1 rules of
+    docs/placement.md written the obvious way. Returns each request's token times."""
+    bs, blocks_total = perf.kv.block_size, perf.kv.num_blocks
+    pending = deque(sorted(range(len(requests)), key=lambda i: requests[i][0]))
+    state = {i: {"tok": p, "comp": 0, "gen": 0, "out": o, "alloc": 0} for i, (_, p, o) in enumerate(requests)}
+    times: list[list[float]] = [[] for _ in requests]
+    running: list[int] = []
+    waiting: deque[int] = deque()
+    used, now = 0, 0.0
+    while pending or running or waiting:
+        while pending and requests[pending[0]][0] < now:
+            waiting.append(pending.popleft())
+        if not running and not waiting:
+            now = requests[pending[0]][0]
+            waiting.append(pending.popleft())
+        decoding = [i for i in running if state[i]["tok"] - state[i]["comp"] == 1 and state[i]["gen"] >= 1]
+        preempted = False
+        while sum(state[i]["comp"] % bs == 0 for i in decoding) > blocks_total - used:
+            victim = running.pop()
+            used -= state[victim]["alloc"]
+            state[victim].update(comp=0, alloc=0)
+            waiting.appendleft(victim)
+            decoding = [i for i in decoding if i != victim]
+            preempted = True
+        for i in decoding:
+            if state[i]["comp"] % bs == 0:
+                state[i]["alloc"] += 1
+                used += 1
+        budget = perf.max_batched_tokens - len(decoding)
+        chunks = []
+        for i in running:
+            if i not in decoding and budget > 0:
+                take = min(state[i]["tok"] - state[i]["comp"], budget)
+                chunks.append((i, take, state[i]["comp"]))
+                budget -= take
+        if not preempted:
+            while waiting and budget > 0 and len(running) < perf.max_num_seqs:
+                i = waiting[0]
+                need = math.ceil(state[i]["tok"] / bs)
+                if need > blocks_total - used:
+                    break
+                waiting.popleft()
+                running.append(i)
+                state[i]["alloc"], used = need, used + need
+                take = min(state[i]["tok"], budget)
+                chunks.append((i, take, 0))
+                budget -= take
+        now += perf.iteration_time(
+            len(decoding), sum(state[i]["tok"] for i in decoding), [c[1] for c in chunks], [c[2] for c in chunks]
+        )
+        for i in decoding:
+            state[i]["tok"] += 1
+            state[i]["comp"] += 1
+            state[i]["gen"] += 1
+            times[i].append(now)
+        for i, take, _ in chunks:
+            state[i]["comp"] += take
+            if state[i]["comp"] == state[i]["tok"]:
+                state[i]["gen"] += 1
+                state[i]["tok"] += 1
+                times[i].append(now)
+        for i in [i for i in running if state[i]["gen"] == state[i]["out"]]:
+            running.remove(i)
+            used -= state[i]["alloc"]
+    return times
+
+
+def run_one_worker(perf: PerfModel, requests: list[tuple[float, int, int]], **config):
+    return simulate(schedule(requests), perf, SimConfig(num_workers=1, policy="jsq", **config))
+
+
+# --- known answers ---------------------------------------------------------------------
+
+
+def test_single_request_ttft_is_its_prefill_and_each_token_one_decode_iteration():
+    result = run_one_worker(PERF, [(1.0, 100, 5)])
+    times = result.times_of(0)
+    assert times[0] - 1.0 == pytest.approx(PREFILL.time_single(100), rel=1e-12)
+    gaps = [DECODE.time(1, 100 + g) for g in range(1, 5)]  # context = prompt + generated
+    assert np.diff(times) == pytest.approx(gaps, rel=1e-9)
+    assert result.ttft[0] == pytest.approx(PREFILL.time_single(100), rel=1e-12)
+    assert result.atgt[0] == pytest.approx(np.mean(gaps), rel=1e-9)
+
+
+def test_two_requests_batching_changes_iteration_times_as_the_model_says():
+    prefill_0 = PREFILL.time_single(100)
+    arrival_1 = prefill_0 + DECODE.time(1, 101) + 0.001  # during r0's second decode iteration
+    result = run_one_worker(PERF, [(0.0, 100, 6), (arrival_1, 50, 3)])
+    t = [prefill_0]
+    t.append(t[-1] + DECODE.time(1, 101))
+    t.append(t[-1] + DECODE.time(1, 102))  # r1 arrived during this one; it joins after it
+    t.append(t[-1] + PERF.iteration_time(1, 103, [50], [0]))  # r0 decodes while r1 prefills
+    t.append(t[-1] + DECODE.time(2, 104 + 51))  # both decode
+    t.append(t[-1] + DECODE.time(2, 105 + 52))  # r1's third token ends it; r0's sixth ends it
+    assert result.times_of(0) == pytest.approx(t, rel=1e-12)
+    assert result.times_of(1) == pytest.approx(t[3:], rel=1e-12)
+
+
+def test_kv_overflow_preempts_the_newest_request_and_it_recomputes():
+    perf = PerfModel(PREFILL, DECODE, KVModel(4, 4 * 12), max_num_seqs=8, max_batched_tokens=64)
+    # r0 grows to 35 tokens (9 blocks), r1 to 25 (7 blocks): together they overflow 12 blocks.
+    requests = [(0.0, 16, 20), (0.03, 16, 10)]
+    result = run_one_worker(perf, requests)
+    assert result.preemptions.tolist() == [0, 1]
+    assert result.times_of(0) == pytest.approx(reference(perf, requests)[0], rel=1e-12)
+    assert result.times_of(1) == pytest.approx(reference(perf, requests)[1], rel=1e-12)
+    # r1 waits for r0 to finish, then re-prefills its prompt and the tokens it had made.
+    r0_done = result.times_of(0)[-1]
+    r1 = result.times_of(1)
+    resumed = int(np.searchsorted(r1, r0_done))
+    assert r1[resumed] - r0_done == pytest.approx(PREFILL.time_single(16 + resumed), rel=1e-12)
+    assert np.isin(r1[:resumed], result.times_of(0)).all()  # before the preemption they shared iterations
+
+
+@pytest.mark.parametrize("budget", [2048, 64])
+def test_matches_the_per_iteration_reference(budget):
+    """Decode runs jump in closed form and arrivals cut them; the token times must still be
+    exactly those of stepping every iteration (chunked prefill and preemption included)."""
+    perf = PerfModel(PREFILL, DECODE, KVModel(8, 8 * 60), max_num_seqs=6, max_batched_tokens=budget)
+    rng = np.random.default_rng(3)
+    arrivals = np.cumsum(rng.exponential(0.08, 25))
+    requests = [(float(a), int(p), int(o)) for a, p, o in zip(arrivals, rng.integers(1, 150, 25), rng.integers(1, 120, 25))]
+    result = run_one_worker(perf, requests)
+    expected = reference(perf, requests)
+    for i in range(len(requests)):
+        assert result.times_of(i) == pytest.approx(expected[i], rel=1e-9), f"request {i}"
+    assert result.preemptions.sum() > 0  # the cache is small enough to force some
+
+
+def test_every_policy_streams_every_token_in_order():
+    rng = np.random.default_rng(0)
+    requests = [(float(a), int(p), int(o)) for a, p, o in
+                zip(np.cumsum(rng.exponential(0.02, 300)), rng.integers(5, 400, 300), rng.integers(2, 300, 300))]
+    for policy in ("jsq", "rr", "po2", "least-kv", "aladdin"):
+        result = simulate(schedule(requests), PERF, SimConfig(num_workers=4, policy=policy, atgt_slo=0.05, ttft_slo=1.0))
+        assert result.output_tokens.sum() == result.token_times.size
+        assert (np.diff(result.token_times)[np.diff(np.repeat(np.arange(300), result.output_tokens)) == 0] > 0).all()
+        assert (result.first_token > result.arrival).all()
+        assert set(np.unique(result.worker)) <= {0, 1, 2, 3}
+
+
+def test_rebalancing_repredicts_overrunning_requests():
+    config = SimConfig(num_workers=2, predictor=PredictorConfig(default_output_tokens=10, min_samples=1000))
+    simulator = ClusterSimulator(PERF, config, AladdinPolicy())
+    result = simulator.run(schedule([(0.0, 50, 100), (0.01, 50, 5)]))
+    assert result.first_prediction.tolist() == [10, 10]
+    errors = simulator.rebalancer.errors
+    worker = result.worker_ids[result.worker[0]]
+    # 10 -> 15 -> 23 -> 35 -> 53 -> 80 -> 120: each overrun re-predicts half as much again
+    assert errors[worker].repredictions == 6
+    assert result.prediction_error_by_worker[worker]["finished"] >= 1
+    assert simulator.predictor.observed == 2
+
+
+def test_oracle_lengths_predict_exactly_and_never_repredict():
+    requests = [(0.01 * i, 20 + i, 30 + 3 * i) for i in range(20)]
+    result = simulate(schedule(requests), PERF, SimConfig(num_workers=2, oracle_lengths=True))
+    assert result.first_prediction.tolist() == result.output_tokens.tolist()
+    assert result.prediction_error_by_worker == {}
+
+
+def test_central_queue_holds_requests_until_capacity_frees():
+    perf = PerfModel(PREFILL, DECODE, KVModel(16, 16 * 20), max_num_seqs=64, max_batched_tokens=2048)
+    requests = [(0.0, 100, 150), (0.001, 100, 150)]  # each peaks at 249 tokens; two do not fit 320
+    result = simulate(schedule(requests), perf, SimConfig(num_workers=1, oracle_lengths=True))
+    assert result.central_queue_peak == 1 and result.central_queued == 1
+    assert result.first_token[1] > result.last_token[0]  # placed when the first finished
+    assert result.preemptions.sum() == 0
+
+
+# --- validation, records, CLI ----------------------------------------------------------
+
+
+def test_requests_larger_than_the_cache_are_refused():
+    perf = PerfModel(PREFILL, DECODE, KVModel(16, 160), max_num_seqs=8, max_batched_tokens=2048)
+    with pytest.raises(AladdinError, match="needs 199 KV tokens"):
+        run_one_worker(perf, [(0.0, 100, 100)])
+    with pytest.raises(AladdinError, match="--workers"):
+        SimConfig(num_workers=0).validate()
+
+
+def test_written_records_match_the_replay_schema_and_load_in_analysis(tmp_path):
+    from aladdin.analysis.load import load_run_dir
+
+    requests = [(0.05 * i, 10 + i, 3 + i % 4) for i in range(12)]
+    result = simulate(schedule(requests), PERF, SimConfig(num_workers=2, policy="rr"))
+    result.write(tmp_path / "run", label="sim", params={"policy": "rr", "ttft_slo": math.inf})
+    lines = (tmp_path / "run" / "requests.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    records = list(result.records())
+    for line, record in zip(lines, records):
+        decoded = json.loads(line)
+        expected = json.loads(json.dumps(asdict(record)))
+        assert decoded.keys() == expected.keys()
+        assert decoded["chunk_times"] == pytest.approx(expected["chunk_times"], abs=1e-6)
+        for key in set(expected) - {"chunk_times", "first_byte", "done"}:
+            assert decoded[key] == expected[key], key
+    assert json.loads(lines[0]) == json.loads(json.dumps(asdict(RequestRecord(**json.loads(lines[0])))))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["simulated"] is True and run["status"] == "finished" and run["start_epoch"] == 0
+    assert run["summary"]["requests"] == run["summary"]["ok"] == 12
+    assert run["params"]["ttft_slo"] is None  # no SLO
+    loaded = load_run_dir(tmp_path / "run")
+    assert loaded.label == "sim" and len(loaded.requests) == 12
+    assert int(loaded.requests["n_chunks"].sum()) == int(result.output_tokens.sum())
+    with pytest.raises(AladdinError, match="already holds a run"):
+        result.write(tmp_path / "run")
+
+
+def test_simulate_command_end_to_end(tmp_path, tiny_model_dir):
+    from aladdin.plugin.cli import simulate as simulate_command
+
+    profile = save_profile(tmp_path / "p.json", PERF, ProfileMeta("tiny", "sim", 2, "0.26.0", "test"))
+    args = ["--profile", str(profile), "--dataset", "synthetic", "--prompt-tokens", "20:200", "--output-tokens", "5:80",
+            "--rate", "20", "--num-requests", "200", "--workers", "3", "--policy", "aladdin",
+            "--ttft-slo", "1", "--atgt-slo", "0.05", "--tokenizer", str(tiny_model_dir), "--output", str(tmp_path / "out")]
+    runner = CliRunner()
+    wrong = runner.invoke(simulate_command, args + ["--gpus-per-worker", "1"])
+    assert wrong.exit_code != 0 and "gpus_per_worker" in wrong.output
+    result = runner.invoke(simulate_command, args + ["--gpus-per-worker", "2"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["params"]["gpus_per_worker"] == 2 and run["params"]["policy"] == "aladdin"
+    assert run["summary"]["requests"] == 200
+    assert len((tmp_path / "out" / "requests.jsonl").read_text().splitlines()) == 200
+    assert "SLO attainment" in result.output
