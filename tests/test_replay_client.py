@@ -123,3 +123,20 @@ def test_bad_replay_input_is_one_line(fake_server, tmp_path, args, message):
     assert proc.returncode != 0
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_trace_replay_honours_timestamps_times_scale(fake_server, tmp_path):
+    url = fake_server(tbt=0.001)
+    trace = ROOT / "tests" / "data" / "azure_sample.csv"
+    proc = replay(url, tmp_path / "run", "--dataset", "trace", "--dataset-path", str(trace), "--arrival", "trace",
+                  "--time-scale", "0.5", "-n", "100")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import pandas as pd
+
+    stamps = pd.to_datetime(pd.read_csv(trace)["TIMESTAMP"]).sort_values()
+    expected = ((stamps - stamps.iloc[0]).dt.total_seconds() * 0.5).to_numpy()
+    records = sorted(iter_records(tmp_path / "run" / "requests.jsonl"), key=lambda r: r["scheduled"])
+    assert len(records) == len(expected)
+    assert [r["scheduled"] for r in records] == pytest.approx(expected)
+    assert all(r["outcome"] == "ok" for r in records)
