@@ -140,3 +140,36 @@ def test_trace_replay_honours_timestamps_times_scale(fake_server, tmp_path):
     assert len(records) == len(expected)
     assert [r["scheduled"] for r in records] == pytest.approx(expected)
     assert all(r["outcome"] == "ok" for r in records)
+
+
+def locust_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", str(ROOT / "loadgen" / "locustfile.py"), *args]
+
+
+@pytest.mark.slow
+def test_plain_locustfile_with_separate_master_and_worker(fake_server, tmp_path):
+    """`locust --master` and `locust --worker` as separate processes, as on several hosts."""
+    url = fake_server()
+    port = free_port_block(1)
+    out = tmp_path / "run"
+    master = subprocess.Popen(
+        locust_cmd("--master", "--master-bind-port", str(port), "--expect-workers", "1", "--headless", "-u", "1",
+                   "-r", "1", "--host", url, "--dataset", "synthetic", "--rate", "10", "--num-requests", "30",
+                   "--output", str(out), "--exit-code-on-error", "0"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    worker = subprocess.Popen(locust_cmd("--worker", "--master-port", str(port)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log, _ = master.communicate(timeout=240)
+        assert master.returncode == 0, log[-3000:]
+        worker.wait(timeout=60)
+    finally:
+        for proc in (master, worker):
+            if proc.poll() is None:
+                proc.kill()
+    records = list(iter_records(out / "requests.jsonl"))
+    assert len(records) == 30 and all(r["outcome"] == "ok" for r in records)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["locust_role"] == "master"
+    assert run["params"]["workload"]["dataset"] == "synthetic"
