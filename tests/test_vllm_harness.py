@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import urllib.request
 
 import pytest
 
 from aladdin.cluster import ClusterConfig, LocalCluster
 from aladdin.errors import AladdinError
+from tests.conftest import free_port_block
 
 
 @pytest.mark.vllm
@@ -54,8 +60,6 @@ def test_kv_smaller_than_one_request_is_refused():
 
 @pytest.mark.vllm
 def test_worker_dying_at_start_shows_its_log(tiny_model_dir, tmp_path):
-    from tests.conftest import free_port_block
-
     # A context longer than the model's positions makes vLLM refuse to start.
     config = ClusterConfig(
         workers=1, model_dir=tiny_model_dir, state_dir=tmp_path, base_port=free_port_block(1),
@@ -65,4 +69,21 @@ def test_worker_dying_at_start_shows_its_log(tiny_model_dir, tmp_path):
         LocalCluster(config).start()
     message = str(err.value)
     assert "exited with code" in message and "max_model_len" in message.lower().replace("-", "_")
+    assert not (tmp_path / "state.json").exists()
+
+
+@pytest.mark.vllm
+def test_cluster_up_stops_its_workers_on_ctrl_c(tiny_model_dir, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aladdin", "cluster", "up", "--model-dir", str(tiny_model_dir), "--kv-tokens", "8192",
+         "--max-model-len", "2048", "--base-port", str(free_port_block(1)), "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    url = proc.stdout.readline().strip()  # printed once the worker serves
+    assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
+    pid = json.loads((tmp_path / "state.json").read_text())["workers"][0]["pid"]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # the server's whole process group is gone
     assert not (tmp_path / "state.json").exists()
