@@ -98,7 +98,7 @@ class ProfilePlan:
 
     @classmethod
     def quick(cls) -> "ProfilePlan":
-        return cls((32, 128, 256, 512, 1024), 2, (1, 4, 8, 16), (64, 512), 48)
+        return cls((32, 128, 256, 512, 1024), 2, (1, 4, 8, 16), (64, 512), 64)
 
     def decode_grid(self, kv: KVModel, max_num_seqs: int) -> list[tuple[int, int]]:
         """(batch, prompt length) pairs that fit the engine without preemption (90% of KV)."""
@@ -227,18 +227,18 @@ def decode_samples(
     return np.array(batch, dtype=float), np.array(context), np.array(mean_time)
 
 
-def kv_samples(result: BatchResult, kv: KVModel, settle_s: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+def kv_samples(result: BatchResult, kv: KVModel, settle_s: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, measured) KV tokens held at each probe of a batch.
 
     The engine's usage gauge is from its last step, the token stream reaches the client a
-    moment later; probes within ``settle_s`` of a request's start or end are skipped, since
-    there the two legitimately disagree about whether that request still holds blocks.
+    moment later; probes within ``settle_s`` of a request's last token are skipped, since there
+    the two legitimately disagree about whether that request still holds blocks.
     """
     predicted, measured = [], []
-    events = np.array([t for r in result.records for t in (r.sent, r.chunk_times[-1])])
+    ends = np.array([r.chunk_times[-1] for r in result.records])
     for probe in result.probes:
-        if np.any(np.abs(events - probe.time) < settle_s):
-            continue  # a request starting or ending: the scrape and the token stream may disagree
+        if np.any(np.abs(ends - probe.time) < settle_s):
+            continue  # a request ending: the scrape and the token stream may disagree
         contexts = [
             r.prompt_tokens + int(np.searchsorted(token_times(r), probe.time, side="right"))
             for r in result.records
@@ -363,7 +363,9 @@ def validate_profile(
     progress("noise floor")
 
     def entry(pred, actual, noise):
-        keep = actual > 0
+        keep = np.asarray(actual) > 0
+        if not keep.any():  # e.g. every KV probe fell on a request's end
+            return {"n": 0, "median_pct": None, "p90_pct": None, "max_pct": None, "noise_floor_pct": noise}
         summary = error_summary(np.asarray(pred)[keep], np.asarray(actual)[keep]).to_dict()
         return {**summary, "noise_floor_pct": noise}
 
