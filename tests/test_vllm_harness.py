@@ -79,10 +79,12 @@ def test_cluster_up_stops_its_workers_on_ctrl_c(tiny_model_dir, tmp_path):
          "--max-model-len", "2048", "--base-port", str(free_port_block(1)), "--state-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    url = proc.stdout.readline().strip()  # printed once the worker serves
-    assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
-    pid = json.loads((tmp_path / "state.json").read_text())["workers"][0]["pid"]
-    proc.send_signal(signal.SIGINT)
+    try:
+        url = proc.stdout.readline().strip()  # printed once the worker serves
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
+        pid = json.loads((tmp_path / "state.json").read_text())["workers"][0]["pid"]
+    finally:
+        proc.send_signal(signal.SIGINT)  # also when the test fails: never leave a server behind
     assert proc.wait(timeout=60) == 0
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # the server's whole process group is gone
