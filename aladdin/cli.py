@@ -162,12 +162,14 @@ def _register_subcommands() -> None:
     from aladdin.demo import demo
     from aladdin.loadgen.cli import replay
     from aladdin.plugin.cli import simulate
+    from aladdin.plugin.plan_cli import plan
     from aladdin.plugin.profile_cli import profile
 
     cli.add_command(replay)
     cli.add_command(analyze)
     cli.add_command(profile)
     cli.add_command(simulate)
+    cli.add_command(plan)
     cli.add_command(demo)
 
 
