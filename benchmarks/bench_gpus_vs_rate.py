@@ -93,7 +93,7 @@ def main() -> None:
     document = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "wall_s": time.perf_counter() - started, "profiles": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    args.out.write_text(json.dumps(document, indent=2, default=str) + "\n")
     plot(results, args.plot)
     print(f"\nwrote {args.out} and {args.plot} in {document['wall_s']:.0f}s")
 
