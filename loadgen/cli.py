@@ -23,25 +23,60 @@ def _len_range(text: str) -> tuple[int, int]:
     return lo_i, hi_i
 
 
+WORKLOAD_OPTIONS = (
+    click.option("--dataset", type=click.Choice(["sharegpt", "synthetic", "trace"]), default="sharegpt", show_default=True),
+    click.option("--dataset-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="ShareGPT-format JSON or a trace (Azure CSV, Mooncake JSONL). Default: packaged ShareGPT V3."),
+    click.option("--num-requests", "-n", type=int, default=100, show_default=True),
+    click.option("--arrival", type=click.Choice(["poisson", "gamma", "constant", "trace"]), default="poisson",
+                 show_default=True),
+    click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second."),
+    click.option("--cv", type=float, default=1.0, show_default=True, help="Gamma arrivals: CV of inter-arrival times."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--time-scale", type=float, default=1.0, show_default=True, help="Multiply trace timestamps by this."),
+    click.option("--min-prompt-tokens", type=int, default=4, show_default=True),
+    click.option("--max-prompt-tokens", type=int, default=1024, show_default=True),
+    click.option("--min-output-tokens", type=int, default=4, show_default=True),
+    click.option("--max-output-tokens", type=int, default=1024, show_default=True),
+    click.option("--max-total-tokens", type=int, default=2048, show_default=True),
+    click.option("--prompt-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform)."),
+    click.option("--output-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform)."),
+    click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Model folder whose tokenizer counts tokens (default: the tiny model)."),
+)
+
+
+def workload_options(fn):
+    """The workload flags of every command that builds a schedule (replay, simulate): one set,
+    so the same flags give the same schedule wherever it is replayed."""
+    for option in reversed(WORKLOAD_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def workload_schedule(options: dict):
+    """Pop the workload flags out of a command's ``options``: (WorkloadConfig, schedule)."""
+    from aladdin.loadgen.datasets import load_tokenizer
+    from aladdin.loadgen.schedule import WorkloadConfig, build_schedule
+    from aladdin.modeldir import default_model_dir
+
+    path = options.pop("dataset_path")
+    tokenizer = options.pop("tokenizer")
+    names = ("dataset", "num_requests", "arrival", "rate", "cv", "seed", "time_scale", "min_prompt_tokens",
+             "max_prompt_tokens", "min_output_tokens", "max_output_tokens", "max_total_tokens")
+    workload = WorkloadConfig(
+        dataset_path=str(path) if path else None,
+        prompt_tokens=_len_range(options.pop("prompt_tokens")),
+        output_tokens=_len_range(options.pop("output_tokens")),
+        **{name: options.pop(name) for name in names},
+    )
+    workload.validate()
+    return workload, lambda: build_schedule(workload, load_tokenizer(tokenizer or default_model_dir("tiny")))
+
+
 @click.command("replay")
 @click.option("--host", required=True, help="Base URL of an OpenAI-compatible server or router.")
-@click.option("--dataset", type=click.Choice(["sharegpt", "synthetic", "trace"]), default="sharegpt", show_default=True)
-@click.option("--dataset-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="ShareGPT-format JSON or a trace (Azure CSV, Mooncake JSONL). Default: packaged ShareGPT V3.")
-@click.option("--num-requests", "-n", type=int, default=100, show_default=True)
-@click.option("--arrival", type=click.Choice(["poisson", "gamma", "constant", "trace"]), default="poisson", show_default=True)
-@click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second.")
-@click.option("--cv", type=float, default=1.0, show_default=True, help="Gamma arrivals: CV of inter-arrival times.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Multiply trace timestamps by this.")
-@click.option("--min-prompt-tokens", type=int, default=4, show_default=True)
-@click.option("--max-prompt-tokens", type=int, default=1024, show_default=True)
-@click.option("--min-output-tokens", type=int, default=4, show_default=True)
-@click.option("--max-output-tokens", type=int, default=1024, show_default=True)
-@click.option("--prompt-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform).")
-@click.option("--output-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform).")
-@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Model folder whose tokenizer counts tokens (default: the tiny model).")
+@workload_options
 @click.option("--api", type=click.Choice(["completions", "chat"]), default="completions", show_default=True)
 @click.option("--model", default=None, help="Model name (default: the server's first).")
 @click.option("--request-timeout", type=float, default=600.0, show_default=True)
@@ -49,23 +84,12 @@ def _len_range(text: str) -> tuple[int, int]:
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
 @click.option("--locust-stats", is_flag=True, help="Show Locust's live tables instead of a progress bar.")
-def replay(host, dataset, dataset_path, num_requests, arrival, rate, cv, seed, time_scale, min_prompt_tokens,
-           max_prompt_tokens, min_output_tokens, max_output_tokens, prompt_tokens, output_tokens, tokenizer, api,
-           model, request_timeout, processes, output, label, locust_stats):
+def replay(host, api, model, request_timeout, processes, output, label, locust_stats, **workload_flags):
     """Replay a dataset or trace open-loop against HOST and record every token's arrival."""
     from aladdin.loadgen.client import served_models
-    from aladdin.loadgen.datasets import load_tokenizer
-    from aladdin.loadgen.schedule import WorkloadConfig, build_schedule, save_schedule
-    from aladdin.modeldir import default_model_dir
+    from aladdin.loadgen.schedule import save_schedule
 
-    workload = WorkloadConfig(
-        dataset=dataset, dataset_path=str(dataset_path) if dataset_path else None, num_requests=num_requests,
-        arrival=arrival, rate=rate, cv=cv, seed=seed, time_scale=time_scale,
-        min_prompt_tokens=min_prompt_tokens, max_prompt_tokens=max_prompt_tokens,
-        min_output_tokens=min_output_tokens, max_output_tokens=max_output_tokens,
-        prompt_tokens=_len_range(prompt_tokens), output_tokens=_len_range(output_tokens),
-    )
-    workload.validate()
+    workload, make_schedule = workload_schedule(workload_flags)
     if processes < 1:
         raise AladdinError(f"--processes must be at least 1, got {processes}")
     if (output / "requests.jsonl").exists():
@@ -81,7 +105,7 @@ def replay(host, dataset, dataset_path, num_requests, arrival, rate, cv, seed, t
     elif models and model not in models:
         raise AladdinError(f"{host} does not serve model {model!r} (it serves: {', '.join(models)})")
 
-    schedule = build_schedule(workload, load_tokenizer(tokenizer or default_model_dir("tiny")))
+    schedule = make_schedule()
     output.mkdir(parents=True, exist_ok=True)
     save_schedule(output / "schedule.jsonl", schedule)
     click.echo(f"replaying {len(schedule)} requests over {schedule[-1].offset:.1f}s to {host} ({model})", err=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from aladdin.errors import AladdinError
-from aladdin.loadgen.cli import _len_range
+from aladdin.loadgen.cli import workload_options, workload_schedule
 
 POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICIES, kept literal for a fast --help
 
@@ -21,24 +21,7 @@ POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICI
 @click.command("simulate")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Worker profile (JSON from 'aladdin profile') whose models time every iteration.")
-@click.option("--dataset", type=click.Choice(["sharegpt", "synthetic", "trace"]), default="sharegpt", show_default=True)
-@click.option("--dataset-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="ShareGPT-format JSON or a trace (Azure CSV, Mooncake JSONL). Default: packaged ShareGPT V3.")
-@click.option("--num-requests", "-n", type=int, default=1000, show_default=True)
-@click.option("--arrival", type=click.Choice(["poisson", "gamma", "constant", "trace"]), default="poisson", show_default=True)
-@click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second (whole cluster).")
-@click.option("--cv", type=float, default=1.0, show_default=True, help="Gamma arrivals: CV of inter-arrival times.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Workload, arrivals and po2's choices.")
-@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Multiply trace timestamps by this.")
-@click.option("--min-prompt-tokens", type=int, default=4, show_default=True)
-@click.option("--max-prompt-tokens", type=int, default=1024, show_default=True)
-@click.option("--min-output-tokens", type=int, default=4, show_default=True)
-@click.option("--max-output-tokens", type=int, default=1024, show_default=True)
-@click.option("--max-total-tokens", type=int, default=2048, show_default=True)
-@click.option("--prompt-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform).")
-@click.option("--output-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform).")
-@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Model folder whose tokenizer counts tokens (default: the tiny model).")
+@workload_options
 @click.option("--workers", type=click.IntRange(min=1), required=True, help="Number of workers (engines).")
 @click.option("--gpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
               help="GPUs of one worker; must match the profile's gpus_per_worker.")
@@ -54,19 +37,16 @@ POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICI
               help="Prediction before enough requests have finished.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
-def simulate(profile_path, dataset, dataset_path, num_requests, arrival, rate, cv, seed, time_scale,
-             min_prompt_tokens, max_prompt_tokens, min_output_tokens, max_output_tokens, max_total_tokens,
-             prompt_tokens, output_tokens, tokenizer, workers, gpus_per_worker, policy, ttft_slo, atgt_slo,
-             headroom, oracle_lengths, predictor_quantile, default_output_tokens, output, label):
+def simulate(profile_path, workers, gpus_per_worker, policy, ttft_slo, atgt_slo, headroom, oracle_lengths,
+             predictor_quantile, default_output_tokens, output, label, **workload_flags):
     """Simulate a cluster of vLLM workers serving a workload under a placement policy."""
-    from aladdin.loadgen.datasets import load_tokenizer
-    from aladdin.loadgen.schedule import WorkloadConfig, build_schedule
-    from aladdin.modeldir import default_model_dir
     from aladdin.plugin.placement import make_policy
     from aladdin.plugin.predictor import PredictorConfig
     from aladdin.plugin.profile_io import load_profile
     from aladdin.plugin.sim import ClusterSimulator, SimConfig
 
+    workload, make_schedule = workload_schedule(workload_flags)
+    seed = workload.seed
     if (output / "requests.jsonl").exists():
         raise AladdinError(f"{output} already holds a run (requests.jsonl); choose another --output")
     perf = load_profile(profile_path)
@@ -92,15 +72,7 @@ def simulate(profile_path, dataset, dataset_path, num_requests, arrival, rate, c
     config.validate()
     options = {"aladdin": {"headroom": headroom}, "po2": {"seed": seed}}.get(policy, {})
     placement = make_policy(policy, **options)
-    workload = WorkloadConfig(
-        dataset=dataset, dataset_path=str(dataset_path) if dataset_path else None, num_requests=num_requests,
-        arrival=arrival, rate=rate, cv=cv, seed=seed, time_scale=time_scale,
-        min_prompt_tokens=min_prompt_tokens, max_prompt_tokens=max_prompt_tokens,
-        min_output_tokens=min_output_tokens, max_output_tokens=max_output_tokens, max_total_tokens=max_total_tokens,
-        prompt_tokens=_len_range(prompt_tokens), output_tokens=_len_range(output_tokens),
-    )
-    workload.validate()
-    schedule = build_schedule(workload, load_tokenizer(tokenizer or default_model_dir("tiny")))
+    schedule = make_schedule()
     click.echo(f"simulating {len(schedule)} requests over {schedule[-1].offset:.1f}s on {workers} workers ({policy})",
                err=True)
     result = ClusterSimulator(perf, config, placement).run(schedule)
