@@ -7,6 +7,7 @@ import platform
 import secrets
 import shlex
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -58,15 +59,20 @@ def _synthesizer(tokenizer_dir):
     return tokenizer, synthesize
 
 
-def _progress(total: int):
-    bar = click.progressbar(length=total, label="profiling", file=sys.stderr, show_pos=True)
-    bar.__enter__()
+@contextmanager
+def _progress(total: int, failure: str):
+    """A progress bar on stderr whose ``step(message)`` advances it; a measurement that goes
+    wrong (a failed request, too few samples to fit) ends as one ``failure: reason`` line."""
+    with click.progressbar(length=total, label="profiling", file=sys.stderr, show_pos=True) as bar:
 
-    def step(message: str) -> None:
-        bar.label = message
-        bar.update(1)
+        def step(message: str) -> None:
+            bar.label = message
+            bar.update(1)
 
-    return bar, step
+        try:
+            yield step
+        except (RuntimeError, ValueError) as exc:
+            raise AladdinError(f"{failure}: {exc}") from None
 
 
 @click.group("profile", invoke_without_command=True)
@@ -99,13 +105,8 @@ def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batche
     _, synthesize = _synthesizer(tokenizer)
     plan = ProfilePlan.quick() if quick else ProfilePlan.full()
     steps = len(plan.prefill_lengths) + len(plan.decode_grid(engine.info.kv_model(), max_num_seqs))
-    bar, step = _progress(steps)
-    try:
+    with _progress(steps, "profiling failed") as step:
         run = run_profile(engine, synthesize, plan, max_num_seqs, max_batched_tokens, step)
-    except (RuntimeError, ValueError) as exc:
-        raise AladdinError(f"profiling failed: {exc}") from None
-    finally:
-        bar.__exit__(None, None, None)
     meta = ProfileMeta(
         model=engine.endpoint.model, hardware=hardware or _hardware(), gpus_per_worker=gpus_per_worker,
         vllm_version=engine.info.vllm_version, command="aladdin " + shlex.join(sys.argv[1:]),
@@ -155,13 +156,8 @@ def validate(profile_file, host, model, num_requests, max_output_tokens, seed, t
     half = num_requests // 2
     prefill_specs, decode_specs = specs[:half], specs[half:]
     groups = [decode_specs[i:i + 8] for i in range(0, len(decode_specs), 8)]
-    bar, step = _progress(2 + len(groups))
-    try:
+    with _progress(2 + len(groups), "validation failed") as step:
         report = validate_profile(engine, perf, prefill_specs, groups, synthesize, step)
-    except (RuntimeError, ValueError) as exc:
-        raise AladdinError(f"validation failed: {exc}") from None
-    finally:
-        bar.__exit__(None, None, None)
     report = {"profile": str(profile_file), "host": host, "num_requests": num_requests, "seed": seed, "models": report}
     click.echo(format_validation(report["models"]))
     if json_path:
