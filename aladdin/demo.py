@@ -43,8 +43,7 @@ def demo(ctx, rate, num_requests, max_output_tokens, ttft_slo, atgt_slo, kv_toke
         ctx.invoke(replay, host=url, dataset="sharegpt", num_requests=num_requests, arrival="poisson", rate=rate,
                    seed=seed, max_output_tokens=max_output_tokens, output=output / "replay", label="demo")
         click.echo("[3/3] stopping the worker", err=True)
-    click.echo(f"SLO table (TTFT <= {ttft_slo:g} s, ATGT <= {atgt_slo:g} s):", err=True)
+    click.echo(f"analysing: HTML report {output / 'report.html'}, then the SLO table", err=True)
     ctx.invoke(analyze, runs=(output / "replay",), ttft_slo=ttft_slo, atgt_slo=atgt_slo,
                json_path=output / "analysis.json", report_path=output / "report.html", plots_dir=output / "plots",
                sweep_atgt=f"{atgt_slo / 4:g}:{atgt_slo * 4:g}:16")
-    click.echo(f"report: {output / 'report.html'}", err=True)

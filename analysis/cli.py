@@ -49,13 +49,13 @@ def analyze(runs, ttft_slo, atgt_slo, tbt_slo, warmup, cooldown, json_path, csv_
 
     analyses = [analyze_run(run, slo, window, sweeps) for run in load_runs(runs)]
     document = json_document(analyses, slo, window)
-    click.echo(format_table(document))
     try:
         written = _write_outputs(analyses, document, slo, json_path, csv_path, report_path, plots_dir)
     except OSError as exc:
         raise AladdinError(f"cannot write {exc.filename or 'output'}: {exc.strerror or exc}") from None
     for path in written:
         click.echo(f"wrote {path}", err=True)
+    click.echo(format_table(document))  # last, so a terminal ends with the table
 
 
 def _write_outputs(analyses, document, slo, json_path, csv_path, report_path, plots_dir) -> list[Path]:

@@ -36,7 +36,8 @@ def test_table_and_outputs(tmp_path, two_runs):
                      "--report", out / "report.html", "--plots", out / "plots",
                      "--sweep-atgt", "0.05:0.5:4", "--sweep-ttft", "0.1:1:4")
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    written = [line for line in result.output.splitlines() if line.startswith("wrote ")]
+    lines = result.output.splitlines()[len(written):]  # the table comes last
     assert lines[0].startswith("SLO: TTFT <= 450 ms and ATGT <= 150 ms and 99% of TBT gaps <= 200 ms")
     row = next(line for line in lines if line.startswith("aladdin "))
     assert "28.57%" in row  # joint attainment 2/7 with the TBT SLO
