@@ -90,15 +90,17 @@ def cluster_up(workers, shape, model_dir, kv_tokens, max_model_len, max_num_seqs
     )
     local = LocalCluster(config)
     click.echo(f"starting {workers} vLLM CPU worker(s); logs in {state_dir}", err=True)
-    local.start()
-    for worker in local.workers:
-        click.echo(worker.url)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    local.start()  # stops what it started if interrupted
     if detach:
+        for worker in local.workers:
+            click.echo(worker.url)
         click.echo("running; stop with 'aladdin cluster down'", err=True)
         return
-    click.echo("serving; Ctrl-C (or 'aladdin cluster down') stops them", err=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
+    try:  # from here on, any interruption stops the workers
+        for worker in local.workers:
+            click.echo(worker.url)
+        click.echo("serving; Ctrl-C (or 'aladdin cluster down') stops them", err=True)
         dead = local.wait_for_exit()
         click.echo(f"worker {dead.index} exited; stopping the rest. Its log:\n{log_tail(dead.log_path)}", err=True)
     except KeyboardInterrupt:
