@@ -22,7 +22,13 @@ POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICI
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Worker profile (JSON from 'aladdin profile') whose models time every iteration.")
 @workload_options
-@click.option("--workers", type=click.IntRange(min=1), required=True, help="Number of workers (engines).")
+@click.option("--workers", type=click.IntRange(min=1), required=True,
+              help="Number of workers (engines); with --prefill-workers, the decode pool.")
+@click.option("--prefill-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Split-phase: a pool of this many prefill-only workers; first tokens come from it and "
+                   "placement applies to the decode pool. 0: colocated workers.")
+@click.option("--kv-transfer-us-per-token", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Split-phase: microseconds to move one prompt token's KV to the decode pool.")
 @click.option("--gpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
               help="GPUs of one worker; must match the profile's gpus_per_worker.")
 @click.option("--policy", type=click.Choice(POLICY_NAMES), default="aladdin", show_default=True)
@@ -37,7 +43,7 @@ POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICI
               help="Prediction before enough requests have finished.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
-def simulate(profile_path, workers, gpus_per_worker, policy, ttft_slo, atgt_slo, headroom, oracle_lengths,
+def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, policy, ttft_slo, atgt_slo, headroom, oracle_lengths,
              predictor_quantile, default_output_tokens, output, label, **workload_flags):
     """Simulate a cluster of vLLM workers serving a workload under a placement policy."""
     from aladdin.plugin.placement import make_policy
@@ -68,18 +74,23 @@ def simulate(profile_path, workers, gpus_per_worker, policy, ttft_slo, atgt_slo,
         predictor=predictor,
         seed=seed,
         gpus_per_worker=gpus_per_worker,
+        prefill_workers=prefill_workers,
+        kv_transfer_s_per_token=kv_transfer_us_per_token * 1e-6,
     )
     config.validate()
     options = {"aladdin": {"headroom": headroom}, "po2": {"seed": seed}}.get(policy, {})
     placement = make_policy(policy, **options)
     schedule = make_schedule()
-    click.echo(f"simulating {len(schedule)} requests over {schedule[-1].offset:.1f}s on {workers} workers ({policy})",
+    pools = f"{prefill_workers} prefill + {workers} decode" if prefill_workers else str(workers)
+    click.echo(f"simulating {len(schedule)} requests over {schedule[-1].offset:.1f}s on {pools} workers ({policy})",
                err=True)
     result = ClusterSimulator(perf, config, placement).run(schedule)
     params = {
         "workload": asdict(workload),
         "profile": str(profile_path),
         "workers": workers,
+        "prefill_workers": prefill_workers,
+        "kv_transfer_s_per_token": config.kv_transfer_s_per_token,
         "gpus_per_worker": gpus_per_worker,
         "policy": policy,
         "headroom": headroom,

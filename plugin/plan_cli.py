@@ -55,6 +55,10 @@ def _policies(text: str) -> list[str]:
 @click.option("--headroom", "headroom_list", default="0,0.05,0.1", show_default=True,
               help="aladdin headrooms to try; each policy keeps the one needing the fewest GPUs.")
 @click.option("--oracle-lengths", is_flag=True, help="Also plan aladdin with the true output lengths (the ceiling).")
+@click.option("--split-phase", is_flag=True,
+              help="Plan a prefill pool and a decode pool (placement on the decode pool) instead of colocated workers.")
+@click.option("--kv-transfer-us-per-token", type=float, default=0.0, show_default=True,
+              help="Split-phase: microseconds to move one prompt token's KV from the prefill to the decode pool.")
 @click.option("--num-requests", "-n", type=int, default=2000, show_default=True,
               help="Requests per single-worker probe; cluster checks simulate as many per worker's worth of load.")
 @click.option("--check-requests", type=int, default=None,
@@ -85,7 +89,7 @@ def _policies(text: str) -> list[str]:
               help="Heartbeat: write the CSV here instead of stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def plan(profiles, rate, rates, ttft_slo, atgt_slo, attainment, policy_list, headroom_list, oracle_lengths,
-         num_requests, check_requests, sample, dataset_path, seed, rate_tolerance, json_path, heartbeat_path, interval,
+         split_phase, kv_transfer_us_per_token, num_requests, check_requests, sample, dataset_path, seed, rate_tolerance, json_path, heartbeat_path, interval,
          scale_headroom, scale_down_after, min_workers, worker_rate, time_scale, csv_path, quiet):
     """Plan the GPUs a rate needs, per placement policy, with the cluster simulator."""
     from aladdin.plugin.planner import (
@@ -128,7 +132,10 @@ def plan(profiles, rate, rates, ttft_slo, atgt_slo, attainment, policy_list, hea
 
     if ttft_slo is None or atgt_slo is None:
         raise AladdinError("--ttft-slo and --atgt-slo are required")
-    config = PlanConfig(ttft_slo, atgt_slo, attainment, num_requests, check_requests, rate_tolerance, seed)
+    if heartbeat_path is not None and split_phase:
+        raise AladdinError("--heartbeat sizes colocated workers; drop --split-phase")
+    config = PlanConfig(ttft_slo, atgt_slo, attainment, num_requests, check_requests, rate_tolerance, seed,
+                        split_phase=split_phase, kv_transfer_s_per_token=kv_transfer_us_per_token * 1e-6)
     config.validate()
     variants: list[Variant] = variants_for(_policies(policy_list), _numbers("--headroom", headroom_list),
                                            oracle_lengths)
@@ -156,7 +163,8 @@ def plan(profiles, rate, rates, ttft_slo, atgt_slo, attainment, policy_list, hea
 
 def _print_plan(result, configs) -> None:
     click.echo(f"SLOs: TTFT {result.config.ttft_slo:g}s, ATGT {1000 * result.config.atgt_slo:g}ms/token, "
-               f"attainment >= {result.config.attainment:g}")
+               f"attainment >= {result.config.attainment:g}"
+               + ("; split-phase (prefill pool + decode pool)" if result.config.split_phase else ""))
     click.echo("per-worker knee (one worker, the highest rate meeting the target):")
     for search in result.searches:
         click.echo(f"  {search.config} (G={search.gpus_per_worker}) {search.variant}: {search.rate:.4g} req/s "
@@ -168,7 +176,8 @@ def _print_plan(result, configs) -> None:
                    f"{'estimate':>8} {'sims':>4}" if several else
                    f"  {'policy':<22} {'G':>2} {'workers':>7} {'GPUs':>5} {'attainment':>10} {'estimate':>8} {'sims':>4}")
         for check in (c for c in result.checks if c.rate == rate):
-            workers = "-" if check.workers is None else str(check.workers)
+            workers = "-" if check.workers is None else (
+                f"{check.prefill_workers}+{check.workers}" if check.prefill_workers else str(check.workers))
             gpus = "-" if check.gpus is None else str(check.gpus)
             attained = "not met" if check.attainment is None else f"{check.attainment:.4f}"
             where = f" {_short(check.config):<20}" if several else ""
@@ -179,7 +188,7 @@ def _print_plan(result, configs) -> None:
             if best is None:
                 click.echo(f"    {family:<16} not met by any configuration (docs/placement.md, Planner)")
             else:
-                click.echo(f"    {family:<16} {best.gpus:>5} GPUs = {best.workers} x G{best.gpus_per_worker}"
+                click.echo(f"    {family:<16} {best.gpus:>5} GPUs = {best.shape}"
                            f" ({best.variant.label}{', ' + _short(best.config) if several else ''})")
     click.echo(f"\nplanned in {result.wall_s:.1f}s")
 

@@ -12,8 +12,9 @@ profile: one engine on G GPUs), the planner:
 Every probe uses the same request lengths and the same unit-rate Poisson arrival pattern,
 compressed to the probed rate (common random numbers), so two probes differ only by rate or
 size and the noise of attainment near the knee does not make the searches wander.
-``heartbeat_plan`` turns a time-varying rate into worker counts for an autoscaler. Choices
-and limits (e.g. split-phase serving is not supported): docs/placement.md, "Planner".
+Split-phase serving (a prefill pool beside a decode pool, placement on the decode pool) is
+planned by ``size_split``. ``heartbeat_plan`` turns a time-varying rate into worker counts for
+an autoscaler. Choices and limits: docs/placement.md, "Planner".
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class PlanConfig:
     rate_tolerance: float = 0.02  # the rate search stops when its bracket is this narrow (relative)
     seed: int = 0
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    split_phase: bool = False  # plan a prefill pool and a decode pool instead of colocated workers
+    kv_transfer_s_per_token: float = 0.0  # split-phase: KV hand-off time per prompt token
 
     def validate(self) -> None:
         for name, value in (("--ttft-slo", self.ttft_slo), ("--atgt-slo", self.atgt_slo)):
@@ -138,6 +141,8 @@ class PlanConfig:
             raise AladdinError(f"--check-requests must be at least 10, got {self.check_requests}")
         if not 0.0 < self.rate_tolerance < 1.0:
             raise AladdinError(f"rate tolerance must be in (0, 1), got {self.rate_tolerance}")
+        if not (math.isfinite(self.kv_transfer_s_per_token) and self.kv_transfer_s_per_token >= 0):
+            raise AladdinError(f"KV transfer time per token must be >= 0 seconds, got {self.kv_transfer_s_per_token}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,7 +227,8 @@ def unloaded_latency(perf: PerfModel, workload: Workload) -> tuple[float, float]
 
 @dataclass(frozen=True)
 class Probe:
-    """One simulation: ``workers`` workers at cluster ``rate``."""
+    """One simulation: ``workers`` workers (split-phase: decode workers, beside
+    ``prefill_workers``) at cluster ``rate``."""
 
     workers: int
     rate: float
@@ -230,6 +236,8 @@ class Probe:
     attainment: float
     workers_used: int
     wall_s: float
+    prefill_workers: int = 0
+    ttft_attainment: float = math.nan  # share meeting the TTFT SLO alone
 
 
 @dataclass
@@ -258,20 +266,31 @@ class SizeCheck:
     worker_rate: float  # the single-worker rate the estimate came from
     estimate: int  # ceil(rate / worker_rate)
     start: int  # where the size search began
-    workers: int | None  # None: not met up to the search limit
+    workers: int | None  # None: not met up to the search limit; split-phase: decode workers
     attainment: float | None  # at ``workers`` (None when not met)
     probes: list[Probe]
+    prefill_workers: int = 0  # split-phase: the prefill pool beside ``workers``
 
     @property
     def gpus(self) -> int | None:
-        return None if self.workers is None else self.workers * self.gpus_per_worker
+        return None if self.workers is None else (self.workers + self.prefill_workers) * self.gpus_per_worker
+
+    @property
+    def shape(self) -> str:
+        """The cluster in words, e.g. '3 x G1' or '1 prefill + 3 decode x G1'."""
+        if self.workers is None:
+            return "-"
+        if self.prefill_workers:
+            return f"{self.prefill_workers} prefill + {self.workers} decode x G{self.gpus_per_worker}"
+        return f"{self.workers} x G{self.gpus_per_worker}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config, "gpus_per_worker": self.gpus_per_worker, "policy": self.variant.policy,
             "family": self.variant.family, "label": self.variant.label, "headroom": self.variant.headroom,
             "oracle_lengths": self.variant.oracle_lengths, "rate": self.rate, "worker_rate": self.worker_rate,
-            "estimate": self.estimate, "start": self.start, "workers": self.workers, "gpus": self.gpus, "attainment": self.attainment,
+            "estimate": self.estimate, "start": self.start, "workers": self.workers,
+            "prefill_workers": self.prefill_workers, "gpus": self.gpus, "attainment": self.attainment,
             "probes": [asdict(p) for p in self.probes],
         }
 
@@ -314,7 +333,8 @@ class Plan:
             "checks": [c.to_dict() for c in self.checks],
             "best": [
                 {"rate": rate, "policy": family, **({"config": b.config, "gpus_per_worker": b.gpus_per_worker,
-                 "label": b.variant.label, "workers": b.workers, "gpus": b.gpus, "attainment": b.attainment}
+                 "label": b.variant.label, "workers": b.workers, "prefill_workers": b.prefill_workers,
+                 "gpus": b.gpus, "attainment": b.attainment}
                  if b else {"gpus": None})}
                 for rate in self.rates for family, b in self.best(rate).items()
             ],
@@ -433,18 +453,22 @@ class Planner:
         self._searches: dict[tuple[str, str], RateSearch] = {}
 
     def _simulate(self, worker: WorkerConfig, variant: Variant, label: str, workers: int, rate: float,
-                  count: int) -> Probe:
+                  count: int, prefill_workers: int = 0) -> Probe:
         config = self.config
         sim_config = SimConfig(
             num_workers=workers, policy=variant.policy, ttft_slo=config.ttft_slo, atgt_slo=config.atgt_slo,
             oracle_lengths=variant.oracle_lengths, predictor=config.predictor, seed=config.seed,
-            gpus_per_worker=worker.gpus_per_worker,
+            gpus_per_worker=worker.gpus_per_worker, prefill_workers=prefill_workers,
+            kv_transfer_s_per_token=config.kv_transfer_s_per_token,
         )
         started = time.perf_counter()
         result = simulate(self.workload.schedule(rate, count), worker.perf, sim_config, variant.make(config.seed))
+        used = np.unique(result.worker)
         probe = Probe(workers, rate, count, result.attainment(config.ttft_slo, config.atgt_slo),
-                      int(np.unique(result.worker).size), time.perf_counter() - started)
-        self.log(f"  {worker.name} {label}: {workers} worker(s) "
+                      int((used < workers).sum()), time.perf_counter() - started, prefill_workers,
+                      float(np.mean(result.ttft <= config.ttft_slo)))
+        pools = f"{prefill_workers} prefill + {workers} decode" if prefill_workers else f"{workers}"
+        self.log(f"  {worker.name} {label}: {pools} worker(s) "
                  f"at {rate:.4g} req/s, {count} requests -> attainment {probe.attainment:.4f} "
                  f"({probe.workers_used} used, {probe.wall_s:.1f}s)")
         return probe
@@ -473,11 +497,13 @@ class Planner:
         knee = self.worker_rate(worker, Variant("jsq"))
         return (self.config.check_requests or self.config.num_requests) / knee.rate
 
-    def size(self, worker: WorkerConfig, variant: Variant, rate: float, start: int | None = None) -> SizeCheck:
+    def size(self, worker: WorkerConfig, variant: Variant, rate: float, start: int | None = None,
+             prefill_workers: int = 0) -> SizeCheck:
         """The smallest number of ``worker`` workers that meets the target at cluster ``rate``.
 
         The search starts at ``start`` when given (e.g. extrapolated from a lower rate's
-        answer), else at the estimate ceil(rate / single-worker rate).
+        answer), else at the estimate ceil(rate / single-worker rate). With ``prefill_workers``
+        it sizes the decode pool of a split-phase cluster with that prefill pool.
         """
         if not (math.isfinite(rate) and rate > 0):
             raise AladdinError(f"arrival rate must be > 0 requests/s, got {rate}")
@@ -493,11 +519,12 @@ class Planner:
 
         def run(n: int) -> Probe:
             if n not in probes:
-                probes[n] = self._simulate(worker, variant, variant.label, n, rate, count)
+                probes[n] = self._simulate(worker, variant, variant.label, n, rate, count, prefill_workers)
                 used = probes[n].workers_used
                 if shortcut and used < n:
                     for m in range(used, n):
-                        probes.setdefault(m, Probe(m, rate, count, probes[n].attainment, used, 0.0))
+                        probes.setdefault(m, Probe(m, rate, count, probes[n].attainment, used, 0.0, prefill_workers,
+                                                   probes[n].ttft_attainment))
             return probes[n]
 
         def meets(n: int) -> bool:
@@ -513,8 +540,39 @@ class Planner:
         return SizeCheck(
             worker.name, worker.gpus_per_worker, variant, rate, worker_rate, estimate, start, workers,
             probes[workers].attainment if workers is not None else None,
-            [p for _, p in sorted(probes.items()) if p.wall_s > 0],
+            [p for _, p in sorted(probes.items()) if p.wall_s > 0], prefill_workers,
         )
+
+    def size_split(self, worker: WorkerConfig, variant: Variant, rate: float, start: int | None = None) -> SizeCheck:
+        """The split-phase cluster with the fewest GPUs: a prefill pool and a decode pool of ``worker``.
+
+        Every first token comes from the prefill pool, so TTFT does not depend on the decode
+        pool: the prefill pool starts at the smallest size whose TTFT attainment meets the
+        target (sized with the decode pool at its estimate). The decode pool is then sized by
+        ``size`` for that pool and for one more prefill worker (a faster first token leaves
+        the joint target more room); the cheaper cluster wins.
+        """
+        horizon = self.horizon(worker)
+        count = max(10, round(rate * horizon))
+        decode_start = start or cluster_size(rate, self.worker_rate(worker, variant).rate)
+        tried: dict[int, Probe] = {}
+
+        def prefill_meets(n: int) -> bool:
+            if n not in tried:
+                tried[n] = self._simulate(worker, variant, variant.label, decode_start, rate, count, prefill_workers=n)
+            return tried[n].ttft_attainment >= self.config.attainment
+
+        prompt = float(self.workload.prompts.mean())
+        busy = rate * float(worker.perf.prefill.time_single(prompt))  # prefill workers kept busy, on average
+        pool = search_size(prefill_meets, max(1, math.ceil(busy)), limit=4 * max(1, math.ceil(busy)) + 4)
+        if pool is None:
+            return SizeCheck(worker.name, worker.gpus_per_worker, variant, rate, 0.0, decode_start, decode_start,
+                             None, None, list(tried.values()), 0)
+        candidates = [self.size(worker, variant, rate, decode_start, prefill_workers=n) for n in (pool, pool + 1)]
+        met = [c for c in candidates if c.gpus is not None]
+        best = min(met, key=lambda c: (c.gpus, c.prefill_workers)) if met else candidates[0]
+        best.probes[:0] = list(tried.values())
+        return best
 
     def plan(self, rates: Sequence[float]) -> Plan:
         """Size every (configuration, policy variant) for every rate, lowest rate first.
@@ -534,7 +592,8 @@ class Planner:
                 for variant in self.variants:
                     before = previous.get((worker.name, variant))
                     start = cluster_size(rate, before[0] / before[1]) if before else None
-                    check = self.size(worker, variant, rate, start)
+                    size = self.size_split if self.config.split_phase else self.size
+                    check = size(worker, variant, rate, start)
                     if check.workers is not None:
                         previous[(worker.name, variant)] = (rate, check.workers)
                     checks.append(check)

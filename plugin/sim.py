@@ -66,12 +66,25 @@ class SimConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     seed: int = 0  # of the randomized policies (po2)
     gpus_per_worker: int = 1  # recorded with the run
+    # Split-phase serving: this many extra workers only prefill; each request's first token
+    # comes from one of them, then its KV moves to a decode worker (``num_workers`` of them,
+    # where placement applies). 0: every worker prefills and decodes (colocated).
+    prefill_workers: int = 0
+    kv_transfer_s_per_token: float = 0.0  # split-phase: KV hand-off time per context token
+
+    @property
+    def split_phase(self) -> bool:
+        return self.prefill_workers > 0
 
     def validate(self) -> None:
         if self.num_workers < 1:
             raise AladdinError(f"--workers must be at least 1, got {self.num_workers}")
         if self.gpus_per_worker < 1:
             raise AladdinError(f"--gpus-per-worker must be at least 1, got {self.gpus_per_worker}")
+        if self.prefill_workers < 0:
+            raise AladdinError(f"--prefill-workers must be >= 0, got {self.prefill_workers}")
+        if not (math.isfinite(self.kv_transfer_s_per_token) and self.kv_transfer_s_per_token >= 0):
+            raise AladdinError(f"KV transfer time per token must be >= 0 seconds, got {self.kv_transfer_s_per_token}")
         for name, value in (("--ttft-slo", self.ttft_slo), ("--atgt-slo", self.atgt_slo)):
             if not value > 0:
                 raise AladdinError(f"{name} must be > 0 seconds, got {value}")
@@ -91,12 +104,14 @@ class _Worker:
         "index", "id", "running", "prefilling", "waiting", "n_decode", "context_base", "phase",
         "finishes", "overruns", "blocks_used", "iterations", "log_start", "log_count", "log_first",
         "log_step", "busy", "t0", "count", "first", "step", "chunks", "seq", "version", "view",
-        "view_version",
+        "view_version", "prefill_only", "pending_prefill",
     )
 
-    def __init__(self, index: int, worker_id: str, block_size: int):
+    def __init__(self, index: int, worker_id: str, block_size: int, prefill_only: bool = False):
         self.index = index
         self.id = worker_id
+        self.prefill_only = prefill_only  # split-phase prefill pool: hands requests off after their first token
+        self.pending_prefill = 0  # prefill pool: prompt tokens dispatched and not yet computed
         self.running: dict[int, None] = {}  # admission order; the newest is preempted first
         self.prefilling: list[int] = []  # running requests still computing their prompt (or recomputing)
         self.waiting: deque[int] = deque()
@@ -333,8 +348,15 @@ class ClusterSimulator:
         self.block_size = perf.kv.block_size
         self.num_blocks = perf.kv.num_blocks
         width = len(str(config.num_workers - 1))
-        self.workers = [_Worker(i, f"w{i:0{width}d}", self.block_size) for i in range(config.num_workers)]
-        self._by_id = {w.id: w for w in self.workers}
+        self.decode_workers = [_Worker(i, f"w{i:0{width}d}", self.block_size) for i in range(config.num_workers)]
+        width = len(str(config.prefill_workers - 1))
+        self.prefill_pool = [
+            _Worker(config.num_workers + i, f"p{i:0{width}d}", self.block_size, prefill_only=True)
+            for i in range(config.prefill_workers)
+        ]
+        self.workers = self.decode_workers + self.prefill_pool  # by index
+        self._by_id = {w.id: w for w in self.decode_workers}  # what placement chooses from
+        self._handoffs: list[tuple[float, int]] = []  # split-phase: (time the KV reaches the decode pool, request)
         self._atgt_slo = np.full(perf.max_num_seqs, config.atgt_slo, dtype=float)  # see _slo_column
         self._no_requests = RequestSet.of(())
         self._heap: list[tuple[float, int, int]] = []
@@ -371,6 +393,7 @@ class ClusterSimulator:
         self.assigned = [-1] * n
         self.preemptions = [0] * n
         self.queued = [False] * n
+        self.kv_ready = [0] * n  # split-phase: prompt tokens whose KV came with the request (until admitted)
         # numpy copies of what worker views read, so a view is a few vectorized gathers
         self._prompt_np = np.array(self.prompt, dtype=np.int64)
         self._pred_np = np.zeros(n, dtype=np.int64)
@@ -383,19 +406,27 @@ class ClusterSimulator:
         heap = self._heap
         workers = self.workers
         oracle = self.config.oracle_lengths
+        handoffs = self._handoffs
         while True:
             arrival_time = arrivals[next_arrival] if next_arrival < n else math.inf
-            if heap and heap[0][0] <= arrival_time:
+            handoff_time = handoffs[0][0] if handoffs else math.inf
+            if heap and heap[0][0] <= min(arrival_time, handoff_time):
                 event_time, seq, index = heapq.heappop(heap)
                 worker = workers[index]
                 if seq == worker.seq and worker.busy:
                     self._end_run(worker, event_time)
+            elif handoffs and handoff_time <= arrival_time:
+                _, i = heapq.heappop(handoffs)  # the request's KV has reached the decode pool
+                self._offer(i, handoff_time)
             elif next_arrival < n:
                 i = next_arrival
                 next_arrival += 1
                 predicted = self.out[i] if oracle else self.predictor.predict(self.prompt[i])
                 self.first_pred[i] = self.pred[i] = self._pred_np[i] = predicted
-                self._offer(i, arrival_time)
+                if self.prefill_pool:
+                    self._dispatch_prefill(i, arrival_time)
+                else:
+                    self._offer(i, arrival_time)
             else:
                 break
         if len(self.central):
@@ -418,14 +449,46 @@ class ClusterSimulator:
     # ------------------------------------------------------------------ placement
 
     def _request_view(self, i: int) -> RequestView:
+        """Request ``i`` as placement sees it; after a split-phase prefill its first token is out,
+        so only its ATGT is still at stake."""
+        generated = self.gen[i]
         return RequestView(
             id=self.ids[i],
             prompt_tokens=self.prompt[i],
             predicted_output_tokens=self.pred[i],
+            generated_tokens=generated,
             arrival_time=self.arrival[i],
-            ttft_slo=self.config.ttft_slo,
+            ttft_slo=math.inf if generated else self.config.ttft_slo,
             atgt_slo=self.config.atgt_slo,
+            first_token_time=float(self._first_token_np[i]),
         )
+
+    def _dispatch_prefill(self, i: int, now: float) -> None:
+        """Split-phase: send a new request to the prefill worker with the fewest prompt tokens
+        still to compute (placement policies choose decode workers only)."""
+        worker = min(self.prefill_pool, key=lambda w: (w.pending_prefill, w.index))
+        worker.pending_prefill += self.prompt[i]
+        self.assigned[i] = worker.index
+        worker.waiting.append(i)
+        worker.version += 1
+        if not worker.busy:
+            self._plan(worker, now)
+
+    def _hand_off(self, worker: _Worker, i: int, iteration: int, now: float) -> None:
+        """Split-phase: request ``i``'s prefill ended with its first token; free its KV here and
+        send it to the decode pool once its KV has moved (unless that token was its last)."""
+        worker.prefilling.remove(i)
+        del worker.running[i]
+        worker.blocks_used -= self.reserved[i]
+        self._first_token_np[i] = now
+        self._spans.append((i, worker.index, iteration, 1))
+        self.gen[i] = self._gen_np[i] = 1
+        if self.out[i] == 1:
+            if not self.config.oracle_lengths:
+                self.rebalancer.finished(worker.id, self.prompt[i], 1, self.first_pred[i])
+        else:
+            self.kv_ready[i] = self.prompt[i]
+            heapq.heappush(self._handoffs, (now + self.config.kv_transfer_s_per_token * self.prompt[i], i))
 
     def _offer(self, i: int, now: float) -> None:
         request = self._request_view(i)
@@ -483,7 +546,7 @@ class ClusterSimulator:
 
     def _views(self) -> list[WorkerView]:
         views = []
-        for worker in self.workers:
+        for worker in self.decode_workers:
             if worker.view_version != worker.version:
                 worker.view = self._build_view(worker)
                 worker.view_version = worker.version
@@ -607,6 +670,7 @@ class ClusterSimulator:
         prefill = perf.prefill
         chunks: list[tuple[int, int]] = []
         work = 0.0
+        has_prefill = False
         for r in worker.prefilling:
             if budget <= 0:
                 break
@@ -614,6 +678,7 @@ class ClusterSimulator:
             take = min(self.target[r] - done, budget)
             chunks.append((r, take))
             work += prefill.a * take + prefill.q * take * (2 * done + take)
+            has_prefill = True
             budget -= take
         if not preempted or (n_decode == 0 and not chunks):
             waiting = worker.waiting
@@ -624,16 +689,20 @@ class ClusterSimulator:
                 if blocks > free:
                     break
                 waiting.popleft()
-                self._admit(worker, head, tokens, blocks)
+                done = self._admit(worker, head, tokens, blocks)
                 free -= blocks
-                take = min(tokens, budget)
+                take = min(tokens - done, budget)
                 chunks.append((head, take))
-                work += prefill.a * take + prefill.q * take * take
+                if done:  # its KV came from a prefill worker: only its last token is new, a decode step
+                    work += perf.decode.a + perf.decode.b * tokens
+                else:
+                    work += prefill.a * take + prefill.q * take * take
+                    has_prefill = True
                 budget -= take
         if n_decode == 0 and not chunks:
             worker.busy = False  # nothing can run; cannot happen for requests that fit the cache
             return
-        self._start_run(worker, now, 1, self._iteration_time(worker, n_decode, work, bool(chunks)), 0.0, chunks)
+        self._start_run(worker, now, 1, self._iteration_time(worker, n_decode, work, has_prefill), 0.0, chunks)
 
     def _iteration_time(self, worker: _Worker, n_decode: int, prefill_work: float, has_prefill: bool) -> float:
         """PerfModel.iteration_time, inlined: this runs once per mixed iteration.
@@ -643,18 +712,22 @@ class ClusterSimulator:
         """
         decode, prefill = self.perf.decode, self.perf.prefill
         if not n_decode:
-            return prefill_work + prefill.c
+            return prefill_work + (prefill.c if has_prefill else decode.c)
         context = worker.context_base + n_decode * worker.iterations
         fixed = max(decode.c, prefill.c) if has_prefill else decode.c
         return decode.a * n_decode + decode.b * context + prefill_work + fixed
 
-    def _admit(self, worker: _Worker, i: int, tokens: int, blocks: int) -> None:
+    def _admit(self, worker: _Worker, i: int, tokens: int, blocks: int) -> int:
+        """Admit request ``i`` to compute ``tokens``; returns how many it already holds (its
+        KV came from a split-phase prefill worker; a later preemption recomputes them all)."""
         worker.running[i] = None
         worker.prefilling.append(i)
-        self.computed[i] = 0
+        done = self.computed[i] = self.kv_ready[i]
+        self.kv_ready[i] = 0
         self.target[i] = tokens
         self.reserved[i] = blocks
         worker.blocks_used += blocks
+        return done
 
     def _preempt_newest(self, worker: _Worker) -> None:
         """Recompute preemption: free the newest running request's KV and queue it first."""
@@ -716,7 +789,11 @@ class ClusterSimulator:
         else:
             for i, take in worker.chunks:
                 self.computed[i] += take
-                if self.computed[i] == self.target[i]:
+                if worker.prefill_only:
+                    worker.pending_prefill -= take
+                    if self.computed[i] == self.target[i]:
+                        self._hand_off(worker, i, start, now)
+                elif self.computed[i] == self.target[i]:
                     self._start_decoding(worker, i, start, now)
         finished = self._retire(worker)
         if self.track_overruns:

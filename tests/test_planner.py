@@ -131,6 +131,22 @@ def test_size_check_steps_up_when_the_estimate_fails():
     assert {p.requests for p in check.probes} == {round(3 * knee * planner.horizon(worker))}
 
 
+def test_split_phase_sizes_the_prefill_pool_for_ttft_and_the_decode_pool_for_the_rest():
+    config = PlanConfig(ttft_slo=0.5, atgt_slo=1.0, num_requests=300, check_requests=150, split_phase=True)
+    planner = Planner([WorkerConfig("small", PERF, 2)], [Variant("jsq")], config, fixed_workload())
+    worker = planner.configs[0]
+    rate = 3 * planner.worker_rate(worker, Variant("jsq")).rate
+    check = planner.size_split(worker, Variant("jsq"), rate)
+    assert check.prefill_workers >= 1 and check.workers is not None
+    assert check.gpus == 2 * (check.prefill_workers + check.workers)
+    assert check.shape == f"{check.prefill_workers} prefill + {check.workers} decode x G2"
+    met = [p for p in check.probes if p.prefill_workers == check.prefill_workers and p.workers == check.workers]
+    assert met and met[0].attainment >= 0.99 and met[0].ttft_attainment >= 0.99
+    # one decode worker fewer misses the target
+    fewer = [p for p in check.probes if p.prefill_workers == check.prefill_workers and p.workers == check.workers - 1]
+    assert all(p.attainment < 0.99 for p in fewer)
+
+
 def test_plan_keeps_the_fewest_gpus_per_policy():
     config = PlanConfig(ttft_slo=1.0, atgt_slo=0.1)
     one, two = Variant("aladdin", 0.0), Variant("aladdin", 0.1)
@@ -235,6 +251,12 @@ def test_plan_command_end_to_end(profile, sharegpt, tmp_path):
     assert {row["rate"] for row in document["best"]} == {3.0, 12.0}
     jsq = [c for c in document["checks"] if c["label"] == "jsq"]
     assert all(c["workers"] >= 1 and c["attainment"] >= 0.99 for c in jsq)
+    split = CliRunner().invoke(plan, [
+        "--profile", str(profile), "--rate", "12", "--ttft-slo", "0.5", "--atgt-slo", "0.05", "--policy", "jsq",
+        "-n", "200", "--sample", "40", "--dataset-path", str(sharegpt), "--split-phase", "-q",
+    ])
+    assert split.exit_code == 0, split.output
+    assert "split-phase" in split.output and "prefill +" in split.output
 
 
 def test_heartbeat_command_writes_worker_counts(profile, tmp_path):

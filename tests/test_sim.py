@@ -149,6 +149,42 @@ def test_kv_overflow_preempts_the_newest_request_and_it_recomputes():
     assert np.isin(r1[:resumed], result.times_of(0)).all()  # before the preemption they shared iterations
 
 
+# --- split-phase: a prefill pool beside the decode pool ---------------------------------
+
+
+def test_split_phase_first_token_from_the_prefill_pool_then_decode_after_the_kv_transfer():
+    transfer = 1e-4  # seconds per prompt token
+    result = simulate(schedule([(1.0, 100, 5)]), PERF,
+                      SimConfig(num_workers=1, policy="jsq", prefill_workers=1, kv_transfer_s_per_token=transfer))
+    times = result.times_of(0)
+    assert times[0] - 1.0 == pytest.approx(PREFILL.time_single(100), rel=1e-12)
+    # the decode worker computes only the first token's KV (a decode step), streaming token 2
+    assert times[1] - times[0] == pytest.approx(100 * transfer + DECODE.time(1, 101), rel=1e-12)
+    assert np.diff(times[1:]) == pytest.approx([DECODE.time(1, 100 + g) for g in range(2, 5)], rel=1e-9)
+    assert result.worker_ids[result.worker[0]] == "w0"  # records name the decode worker
+
+
+def test_split_phase_prefill_pool_takes_the_least_loaded_and_one_token_replies_stay_there():
+    config = SimConfig(num_workers=1, policy="jsq", prefill_workers=2)
+    result = simulate(schedule([(0.0, 1000, 1), (0.0, 100, 3), (0.0, 100, 3)]), PERF, config)
+    # r0 and r1 start prefilling at once on different prefill workers; r2 joins r1's (fewer tokens left)
+    assert result.ttft[0] == pytest.approx(PREFILL.time_single(1000), rel=1e-12)
+    assert result.ttft[1] == pytest.approx(PREFILL.time_single(100), rel=1e-12)
+    assert result.ttft[2] > result.ttft[1]
+    assert [result.worker_ids[w] for w in result.worker] == ["p0", "w0", "w0"]
+    assert result.output_tokens.tolist() == [1, 3, 3]
+
+
+def test_split_phase_decode_pool_placement_sees_only_decode_workers():
+    config = SimConfig(num_workers=3, policy="aladdin", prefill_workers=1, ttft_slo=10.0, atgt_slo=1.0)
+    requests = [(0.01 * i, 50 + 7 * i, 20 + i) for i in range(30)]
+    result = simulate(schedule(requests), PERF, config)
+    assert {result.worker_ids[w] for w in result.worker} <= {"w0", "w1", "w2"}
+    assert result.output_tokens.tolist() == [o for _, _, o in requests]
+    assert (np.diff(result.times_of(7)) > 0).all()
+
+
+
 @pytest.mark.parametrize("budget", [2048, 64])
 def test_matches_the_per_iteration_reference(budget):
     """Decode runs jump in closed form and arrivals cut them; the token times must still be
@@ -261,3 +297,10 @@ def test_simulate_command_end_to_end(tmp_path, tiny_model_dir):
     assert run["summary"]["requests"] == 200
     assert len((tmp_path / "out" / "requests.jsonl").read_text().splitlines()) == 200
     assert "SLO attainment" in result.output
+    split = runner.invoke(simulate_command, args[:-1] + [str(tmp_path / "split"), "--gpus-per-worker", "2",
+                                                          "--prefill-workers", "1", "--kv-transfer-us-per-token", "5"])
+    assert split.exit_code == 0, split.output
+    run = json.loads((tmp_path / "split" / "run.json").read_text())
+    assert run["params"]["prefill_workers"] == 1 and run["params"]["kv_transfer_s_per_token"] == pytest.approx(5e-6)
+    workers = {json.loads(line)["worker"] for line in (tmp_path / "split" / "requests.jsonl").read_text().splitlines()}
+    assert workers <= {"w0", "w1", "w2"}  # every reply here has more than one token: decoded in the decode pool
