@@ -43,8 +43,8 @@ POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICI
               help="Prediction before enough requests have finished.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
-def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, policy, ttft_slo, atgt_slo, headroom, oracle_lengths,
-             predictor_quantile, default_output_tokens, output, label, **workload_flags):
+def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, policy, ttft_slo,
+             atgt_slo, headroom, oracle_lengths, predictor_quantile, default_output_tokens, output, label, **workload_flags):
     """Simulate a cluster of vLLM workers serving a workload under a placement policy."""
     from aladdin.plugin.placement import make_policy
     from aladdin.plugin.predictor import PredictorConfig

@@ -89,8 +89,8 @@ def _policies(text: str) -> list[str]:
               help="Heartbeat: write the CSV here instead of stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def plan(profiles, rate, rates, ttft_slo, atgt_slo, attainment, policy_list, headroom_list, oracle_lengths,
-         split_phase, kv_transfer_us_per_token, num_requests, check_requests, sample, dataset_path, seed, rate_tolerance, json_path, heartbeat_path, interval,
-         scale_headroom, scale_down_after, min_workers, worker_rate, time_scale, csv_path, quiet):
+         split_phase, kv_transfer_us_per_token, num_requests, check_requests, sample, dataset_path, seed, rate_tolerance,
+         json_path, heartbeat_path, interval, scale_headroom, scale_down_after, min_workers, worker_rate, time_scale, csv_path, quiet):
     """Plan the GPUs a rate needs, per placement policy, with the cluster simulator."""
     from aladdin.plugin.planner import (
         HeartbeatConfig,

@@ -86,10 +86,13 @@ def _progress(total: int, failure: str):
               help="The server's --max-num-seqs (recorded; bounds the decode batches).")
 @click.option("--max-batched-tokens", type=click.IntRange(min=1), default=2048, show_default=True,
               help="The server's --max-num-batched-tokens (chunked-prefill budget; recorded).")
+@click.option("--max-prompt-tokens", type=click.IntRange(min=64), default=2048, show_default=True,
+              help="Longest prompt the full plan measures; keep it below the server's --max-model-len.")
 @click.option("--gpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--hardware", default=None, help="Hardware description (default: this machine's CPU).")
 @click.pass_context
-def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batched_tokens, gpus_per_worker, hardware):
+def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batched_tokens, max_prompt_tokens,
+            gpus_per_worker, hardware):
     """Profile a live vLLM: fit prefill, decode and KV models and write PROFILE.json.
 
     Run 'aladdin profile validate PROFILE.json --host URL' to measure its prediction errors.
@@ -103,7 +106,7 @@ def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batche
 
     engine = _engine(host, model)
     _, synthesize = _synthesizer(tokenizer)
-    plan = ProfilePlan.quick() if quick else ProfilePlan.full()
+    plan = ProfilePlan.quick() if quick else ProfilePlan.full(max_prompt_tokens)
     steps = len(plan.prefill_lengths) + len(plan.decode_grid(engine.info.kv_model(), max_num_seqs))
     with _progress(steps, "profiling failed") as step:
         run = run_profile(engine, synthesize, plan, max_num_seqs, max_batched_tokens, step)

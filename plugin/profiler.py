@@ -92,9 +92,18 @@ class ProfilePlan:
     decode_output_tokens: int
 
     @classmethod
-    def full(cls) -> "ProfilePlan":
-        return cls((16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048), 3,
-                   (1, 2, 4, 8, 16, 24, 32, 48, 64), (32, 256, 1024), 64)
+    def full(cls, max_prompt_tokens: int = 2048) -> "ProfilePlan":
+        """Prompts up to ``max_prompt_tokens`` (keep it under the server's --max-model-len);
+        decode batches up to 256, of which ``decode_grid`` keeps those the engine holds.
+
+        With the default 2048 and an engine of at most 64 sequences this is the CPU plan.
+        """
+        lengths = [n for n in (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072) if n < max_prompt_tokens]
+        decode_lengths = [n for n in (32, 256, 1024) if n < max_prompt_tokens]
+        if max_prompt_tokens // 2 > 1024:  # long contexts get a decode sweep of their own
+            decode_lengths.append(max_prompt_tokens // 2)
+        return cls(tuple(lengths) + (max_prompt_tokens,), 3,
+                   (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256), tuple(decode_lengths), 64)
 
     @classmethod
     def quick(cls) -> "ProfilePlan":
