@@ -290,16 +290,23 @@ def build_forecast(worker: WorkerView, now: float) -> Forecast:
     np.maximum.accumulate(held[::-1], out=table[U_SUFFIX, horizon - 1 :: -1] if horizon else table[U_SUFFIX, :0])
     np.maximum.accumulate(upper[::-1], out=table[V_SUFFIX, horizon - 1 :: -1] if horizon else table[V_SUFFIX, :0])
 
-    # Queued prefills stall the decodes they share: each running request sees all of them,
-    # a waiting one only those queued behind it.
+    # Prefills still to run stall the decodes they share: those of running requests without a
+    # first token yet (their prefill is in flight at ``observed_at``) stall every other running
+    # request, queued ones every running request and the queued requests ahead of them.
+    behind = np.zeros(n)
+    unstarted = running.generated_tokens == 0
+    if unstarted.any():
+        own = np.where(unstarted, prefill_stall(perf, running.prompt_tokens), 0.0)
+        behind[: len(running)] = own.sum() - own
     if len(waiting):
         waiting_context = waiting.context_tokens
         stalls = prefill_stall(perf, waiting_context)
-        behind = np.concatenate((np.full(len(running), stalls.sum()), stalls.sum() - np.cumsum(stalls)))
+        behind[: len(running)] += stalls.sum()
+        behind[len(running):] = stalls.sum() - np.cumsum(stalls)
         waiting_work = float(np.sum(perf.prefill.chunk_work(waiting_context, 0)))
         waiting_tokens = int(waiting_context.sum())
     else:
-        behind, waiting_work, waiting_tokens = 0.0, 0.0, 0
+        waiting_work, waiting_tokens = 0.0, 0
     started = (generated >= 1) & np.isfinite(requests.first_token_time)
     observed = worker.observed_at if worker.observed_at is not None else now
     past = np.where(started, observed - requests.first_token_time, 0.0)

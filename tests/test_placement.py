@@ -136,6 +136,23 @@ def test_aladdin_predicted_atgt_matches_the_decode_model():
     assert fit.atgt_fill * 0.02 == pytest.approx(atgt.max(), rel=1e-12)
 
 
+def test_forecast_charges_prefills_in_flight_to_the_other_running_requests():
+    from aladdin.plugin.placement import build_forecast, prefill_stall
+
+    # q0 decodes (10 tokens out, first at t=4.9); q1 was admitted and its prefill is in flight.
+    running = RequestSet.of([
+        RequestView("q0", 200, 50, 10, atgt_slo=0.02, first_token_time=4.9),
+        RequestView("q1", 300, 60, 0, atgt_slo=0.02),
+    ])
+    forecast = build_forecast(worker("w0", running, observed_at=5.0), now=5.0)
+    stall = float(prefill_stall(PERF, [300])[0])
+    assert stall > 0
+    decode_time = forecast.table[0, 40]  # q0's 40 remaining steps, q1 decoding beside it
+    assert forecast.atgt_ratio[0] * (49 * 0.02) == pytest.approx(0.1 + decode_time + stall, rel=1e-12)
+    # q1's own prefill is before its first token: not part of its ATGT
+    assert forecast.atgt_ratio[1] * (60 * 0.02) == pytest.approx(forecast.table[0, 60], rel=1e-12)
+
+
 def test_aladdin_rejects_atgt_and_ttft_violations_and_counts_the_past():
     roomy = PerfModel(PERF.prefill, DECODE, KVModel(16, 16000), max_num_seqs=8, max_batched_tokens=512)
     cluster = [
