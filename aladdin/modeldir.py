@@ -36,6 +36,14 @@ class ModelShape:
         head_dim = self.hidden_size // self.num_attention_heads
         return 2 * self.num_hidden_layers * self.num_key_value_heads * head_dim * 2
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights in bf16/fp16: embeddings and LM head, attention, MLP, norms."""
+        head_dim = self.hidden_size // self.num_attention_heads
+        attention = 2 * self.hidden_size * self.hidden_size + 2 * self.hidden_size * self.num_key_value_heads * head_dim
+        layer = attention + 3 * self.hidden_size * self.intermediate_size + 2 * self.hidden_size
+        return 2 * (2 * VOCAB_SIZE * self.hidden_size + self.num_hidden_layers * layer + self.hidden_size)
+
     def config(self) -> dict:
         return {
             "architectures": ["LlamaForCausalLM"],

@@ -12,6 +12,7 @@ that handle user input turn that into AladdinError.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -224,6 +225,56 @@ class PerfModel:
 
 # ---------------------------------------------------------------------------------------
 # Fitting
+
+
+@dataclass(frozen=True)
+class TensorParallelAssumptions:
+    """How a worker's models change from 1 GPU to G GPUs under tensor parallelism, when only
+    the 1-GPU worker was measured (docs/perfmodel.md, "Derived worker sizes").
+
+    Per-token and per-context work splits evenly over the G GPUs; of each forward pass's
+    fixed cost, ``parallel_share`` splits too (weight reads) and the rest does not (the
+    engine's CPU-side step work). Each pass adds two all-reduces per layer of
+    ``allreduce_s`` each. The KV cache grows by the memory of G - 1 more GPUs, plus the
+    weights' memory on the first GPU that the other G - 1 now hold in part.
+    """
+
+    parallel_share: float = 0.8
+    allreduce_s: float = 10e-6
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.parallel_share <= 1.0:
+            raise ValueError(f"parallel share must be in [0, 1], got {self.parallel_share}")
+        if not (math.isfinite(self.allreduce_s) and self.allreduce_s >= 0.0):
+            raise ValueError(f"all-reduce time must be >= 0 seconds, got {self.allreduce_s}")
+
+
+def scale_tensor_parallel(perf: PerfModel, gpus: int, *, num_layers: int, weight_bytes: int, kv_bytes_per_token: int,
+                          assumptions: TensorParallelAssumptions = TensorParallelAssumptions()) -> PerfModel:
+    """The model of a ``gpus``-GPU worker derived from a measured 1-GPU worker ``perf``.
+
+    An estimate, not a measurement: the result says so in ``meta["derived"]``. A profile of
+    the real G-GPU worker replaces it.
+    """
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    share = assumptions.parallel_share
+    comm = 2 * num_layers * assumptions.allreduce_s if gpus > 1 else 0.0
+
+    def fixed(c: float) -> float:
+        return c * (share / gpus + 1.0 - share) + comm
+
+    block = perf.kv.block_size
+    tokens = gpus * perf.kv.capacity_tokens + (gpus - 1) * weight_bytes // kv_bytes_per_token
+    return PerfModel(
+        prefill=PrefillModel(perf.prefill.a / gpus, perf.prefill.q / gpus, fixed(perf.prefill.c)),
+        decode=DecodeModel(perf.decode.a / gpus, perf.decode.b / gpus, fixed(perf.decode.c)),
+        kv=KVModel(block_size=block, capacity_tokens=tokens // block * block),
+        max_num_seqs=perf.max_num_seqs,
+        max_batched_tokens=perf.max_batched_tokens,
+        meta={**perf.meta, "gpus_per_worker": gpus,
+              "derived": {"from_gpus": 1, "gpus": gpus, **asdict(assumptions)}},
+    )
 
 
 @dataclass(frozen=True)

@@ -178,3 +178,40 @@ def format_validation(models: dict) -> str:
         rows.append((name, str(m["n"]), pct(m["median_pct"]), pct(m["p90_pct"]), pct(m["noise_floor_pct"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+@profile.command("derive")
+@click.argument("profile_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--gpus", type=click.IntRange(min=2), required=True, help="GPUs of the derived worker (tensor parallel).")
+@click.option("--shape", type=click.Choice(["llama2-7b", "llama2-13b"]), required=True,
+              help="The served model's shape (its weights and KV bytes per token).")
+@click.option("--parallel-share", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+              help="Share of a forward pass's fixed cost that splits over the GPUs.")
+@click.option("--allreduce-us", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Time of one all-reduce (two per layer per pass), microseconds.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def derive(profile_file, gpus, shape, parallel_share, allreduce_us, output):
+    """Estimate a G-GPU worker's profile from a measured 1-GPU profile (docs/perfmodel.md).
+
+    For planning before the G-GPU worker can be measured: the file is marked as derived, and
+    a real profile of that worker replaces it.
+    """
+    from aladdin.modeldir import SHAPES
+    from aladdin.plugin.perfmodel import TensorParallelAssumptions, scale_tensor_parallel
+    from aladdin.plugin.profile_io import ProfileMeta, load_profile, save_profile
+
+    perf = load_profile(profile_file)
+    if perf.meta["gpus_per_worker"] != 1 or perf.meta.get("derived"):
+        raise AladdinError(f"{profile_file} is not a measured 1-GPU profile; derive from one")
+    spec = SHAPES[shape]
+    assumptions = TensorParallelAssumptions(parallel_share, allreduce_us * 1e-6)
+    derived = scale_tensor_parallel(perf, gpus, num_layers=spec.num_hidden_layers, weight_bytes=spec.weight_bytes,
+                                    kv_bytes_per_token=spec.kv_bytes_per_token, assumptions=assumptions)
+    derived.meta["derived"]["source"] = str(profile_file)
+    command = shlex.join(["aladdin", "profile", "derive", str(profile_file), "--gpus", str(gpus), "--shape", shape,
+                          "--parallel-share", f"{parallel_share:g}", "--allreduce-us", f"{allreduce_us:g}",
+                          "-o", str(output)])
+    meta = ProfileMeta(perf.meta["model"], perf.meta["hardware"], gpus, perf.meta["vllm_version"], command)
+    save_profile(output, derived, meta)
+    click.echo(f"wrote {output}: {gpus} GPUs, KV {derived.kv.capacity_tokens} tokens, "
+               f"decode c {1000 * derived.decode.c:.2f}ms (derived, not measured)")

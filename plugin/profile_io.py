@@ -84,6 +84,8 @@ def save_profile(
         "max_num_seqs": int(perf.max_num_seqs),
         "max_batched_tokens": int(perf.max_batched_tokens),
     }
+    if perf.meta.get("derived"):
+        document["derived"] = dict(perf.meta["derived"])  # an estimate from another worker size, not measured
     if samples is not None:
         document["samples"] = {
             kind: {name: np.asarray(values).tolist() for name, values in columns.items()}
@@ -100,7 +102,8 @@ def load_profile(path: str | Path) -> PerfModel:
     """Read a profile; its provenance, fit diagnostics and samples go into ``PerfModel.meta``.
 
     meta keys: model, hardware, gpus_per_worker, vllm_version, created, command, path,
-    prefill_fit and decode_fit (FitDiagnostics or None), samples (dict or None).
+    prefill_fit and decode_fit (FitDiagnostics or None), samples (dict or None), derived
+    (None for a measured profile; how it was estimated otherwise).
     """
     reader = _Reader(Path(path))
     return reader.perf_model()
@@ -143,6 +146,7 @@ class _Reader:
                 "prefill_fit": self.fit(prefill, "prefill."),
                 "decode_fit": self.fit(decode, "decode."),
                 "samples": samples,
+                "derived": self.derived(doc),
             },
         )
 
@@ -187,6 +191,12 @@ class _Reader:
         if not isinstance(value, str):
             self.fail(f"{key} must be a string, got {value!r}")
         return value
+
+    def derived(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
+        derived = doc.get("derived")
+        if derived is not None and not isinstance(derived, dict):
+            self.fail("derived must be an object")
+        return derived
 
     def fit(self, section: Mapping[str, Any], where: str) -> FitDiagnostics | None:
         fit = section.get("fit")

@@ -323,3 +323,39 @@ def test_unreadable_and_malformed_profiles(tmp_path):
     listed.write_text("[1, 2]")
     with pytest.raises(AladdinError, match="list.json: not an Aladdin profile"):
         load_profile(listed)
+
+
+def test_tensor_parallel_derivation_splits_work_and_adds_memory():
+    from aladdin.plugin.perfmodel import TensorParallelAssumptions, scale_tensor_parallel
+
+    base = PerfModel(PrefillModel(1e-4, 1e-8, 0.02), DecodeModel(2e-4, 4e-7, 0.01), KVModel(16, 16 * 1000),
+                     max_num_seqs=64, max_batched_tokens=2048, meta={"gpus_per_worker": 1})
+    tp = scale_tensor_parallel(base, 4, num_layers=32, weight_bytes=16_000_000, kv_bytes_per_token=1000,
+                               assumptions=TensorParallelAssumptions(parallel_share=0.5, allreduce_s=1e-5))
+    assert tp.decode.a == pytest.approx(5e-5) and tp.decode.b == pytest.approx(1e-7)
+    assert tp.decode.c == pytest.approx(0.01 * (0.5 / 4 + 0.5) + 64 * 1e-5)
+    assert tp.prefill.q == pytest.approx(2.5e-9)
+    # 4 x 16,000 tokens, plus the first GPU's weight memory now free: 3 x 16,000 bytes / 1000
+    assert tp.kv.capacity_tokens == 4 * 16_000 + 3 * 16_000
+    assert tp.meta["gpus_per_worker"] == 4 and tp.meta["derived"]["parallel_share"] == 0.5
+    assert scale_tensor_parallel(base, 1, num_layers=32, weight_bytes=1, kv_bytes_per_token=1).decode == base.decode
+
+
+def test_profile_derive_command_writes_a_marked_profile(tmp_path):
+    from click.testing import CliRunner
+
+    from aladdin.cli import cli
+    from aladdin.plugin.profile_io import ProfileMeta, load_profile, save_profile
+
+    base = PerfModel(PrefillModel(1e-4, 1e-8, 0.02), DecodeModel(2e-4, 4e-7, 0.01), KVModel(16, 16 * 1000),
+                     max_num_seqs=64, max_batched_tokens=2048)
+    source = save_profile(tmp_path / "g1.json", base, ProfileMeta("m", "gpu", 1, "0.26.0", "aladdin profile"))
+    out = tmp_path / "g2.json"
+    result = CliRunner().invoke(cli, ["profile", "derive", str(source), "--gpus", "2", "--shape", "llama2-7b",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    derived = load_profile(out)
+    assert derived.meta["gpus_per_worker"] == 2 and derived.meta["derived"]["source"] == str(source)
+    again = CliRunner().invoke(cli, ["profile", "derive", str(out), "--gpus", "4", "--shape", "llama2-7b",
+                                     "-o", str(tmp_path / "g4.json")])
+    assert again.exit_code != 0 and "not a measured 1-GPU profile" in again.output
