@@ -3,7 +3,12 @@
     python benchmarks/bench_gpus_vs_rate.py --profile profiles/cpu-tiny.json \\
         --out benchmarks/results/gpus_vs_rate.json --plot benchmarks/results/gpus_vs_rate.png
 
-For each profile, the SLOs are multiples of that profile's unloaded latency: TTFT = ``--ttft-mult``
+Several ``--profile`` files are several worker sizes (GPUs per worker) of one model: they are
+planned together, with the SLOs and rates of the first (the smallest worker), and each policy
+keeps its cheapest size; the table also shows jsq on ``--default-gpus`` GPUs per worker (vLLM's
+default deployment in the paper). ``--split-phase`` plans prefill and decode pools instead.
+
+The SLOs are multiples of that profile's unloaded latency: TTFT = ``--ttft-mult``
 x the prefill of the median ShareGPT prompt, ATGT = ``--atgt-mult`` x the per-token time of
 that request decoding alone (batch 1); the absolute values are printed. The rates are
 ``--multiples`` of one worker's FCFS knee (the highest rate one worker meets the target at, under
@@ -49,6 +54,7 @@ CPU_TINY_GUESS = PerfModel(
     max_batched_tokens=2048,
 )
 FAMILY_ORDER = ("aladdin", "aladdin-oracle", "jsq", "po2", "rr", "least-kv")
+DEFAULT_JSQ = "jsq (G={} default)"
 
 
 def numbers(text: str) -> list[float]:
@@ -73,6 +79,9 @@ def main() -> None:
                         help="requests per worker's worth of load in a cluster check")
     parser.add_argument("--sample", type=int, default=1000, help="distinct ShareGPT conversations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--default-gpus", type=int, default=4, help="the 'default' jsq worker size to compare with")
+    parser.add_argument("--split-phase", action="store_true", help="plan a prefill pool and a decode pool")
+    parser.add_argument("--kv-transfer-us-per-token", type=float, default=0.0, help="split-phase KV hand-off")
     parser.add_argument("--verbose", action="store_true", help="print every simulation")
     parser.add_argument("--out", type=Path, default=Path("gpus_vs_rate.json"))
     parser.add_argument("--plot", type=Path, default=Path("gpus_vs_rate.png"))
@@ -89,7 +98,7 @@ def main() -> None:
         variants += [Variant("aladdin", h, oracle_lengths=True) for h in numbers(args.oracle_headroom)]
     configs = ([WorkerConfig.from_profile(path) for path in args.profile] if args.profile
                else [WorkerConfig("built-in CPU-tiny guess", CPU_TINY_GUESS, 1)])
-    results = [run_profile(config, workload, variants, args) for config in configs]
+    results = [run_profiles(configs, workload, variants, args)]
     document = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "wall_s": time.perf_counter() - started, "profiles": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,17 +107,20 @@ def main() -> None:
     print(f"\nwrote {args.out} and {args.plot} in {document['wall_s']:.0f}s")
 
 
-def run_profile(config: WorkerConfig, workload: Workload, variants: list[Variant], args) -> dict:
+def run_profiles(configs: list[WorkerConfig], workload: Workload, variants: list[Variant], args) -> dict:
+    config = configs[0]
     ttft0, token0 = unloaded_latency(config.perf, workload)
     plan_config = PlanConfig(ttft_slo=args.ttft_mult * ttft0, atgt_slo=args.atgt_mult * token0,
                              attainment=args.attainment, num_requests=args.num_requests,
-                             check_requests=args.check_requests, seed=args.seed)
-    print(f"\n== {config.name} (G={config.gpus_per_worker})")
+                             check_requests=args.check_requests, seed=args.seed, split_phase=args.split_phase,
+                             kv_transfer_s_per_token=args.kv_transfer_us_per_token * 1e-6)
+    sizes = ", ".join(f"{c.name} (G={c.gpus_per_worker}{', derived' if c.perf.meta.get('derived') else ''})"
+                      for c in configs)
+    print(f"\n== {sizes}{' -- split-phase' if args.split_phase else ''}")
     print(f"unloaded: TTFT {1000 * ttft0:.2f}ms (median prompt), {1000 * token0:.2f}ms/token (batch 1)")
     print(f"SLOs: TTFT {1000 * plan_config.ttft_slo:.1f}ms ({args.ttft_mult:g}x), ATGT "
           f"{1000 * plan_config.atgt_slo:.2f}ms/token ({args.atgt_mult:g}x), attainment {args.attainment:g}")
-    planner = Planner([config], variants, plan_config, workload,
-                      log=print if args.verbose else None)
+    planner = Planner(configs, variants, plan_config, workload, log=print if args.verbose else None)
     knee = planner.worker_rate(config, Variant("jsq")).rate
     multiples = numbers(args.multiples)
     rates = [m * knee for m in multiples]
@@ -116,25 +128,39 @@ def run_profile(config: WorkerConfig, workload: Workload, variants: list[Variant
     started = time.perf_counter()
     result = planner.plan(rates)
     families = [f for f in FAMILY_ORDER if any(v.family == f for v in variants)]
-    print(f"{'x knee':>6} {'rate':>8} " + " ".join(f"{f:>15}" for f in families))
-    print(f"{'':>15} GPUs needed (aladdin: with the headroom that needed fewest)")
+    default = DEFAULT_JSQ.format(args.default_gpus)
+    several = len(configs) > 1
+    if several and "jsq" in families and any(c.gpus_per_worker == args.default_gpus for c in configs):
+        families.append(default)
+    print(f"{'x knee':>6} {'rate':>8} " + " ".join(f"{f:>18}" for f in families))
+    print(f"{'':>15} GPUs needed (each policy with its cheapest worker size G and aladdin headroom h)")
     rows = []
     for multiple, rate in zip(multiples, rates):
         best = result.best(rate)
+        best[default] = next((c for c in result.checks if c.rate == rate and c.variant.family == "jsq"
+                              and c.gpus_per_worker == args.default_gpus), None)
         cells = []
         for family in families:
             check = best.get(family)
-            headroom = f" h={check.variant.headroom:g}" if check and check.variant.policy == "aladdin" else ""
-            cells.append(f"{'not met' if check is None else str(check.gpus) + headroom:>15}")
+            if check is not None and check.gpus is None:
+                check = None
+            note = (f" G{check.gpus_per_worker}" if check and several else "") + (
+                f" h={check.variant.headroom:g}" if check and check.variant.policy == "aladdin" else "")
+            cells.append(f"{'not met' if check is None else str(check.gpus) + note:>18}")
             rows.append({"multiple": multiple, "rate": rate, "policy": family,
                          "gpus": None if check is None else check.gpus,
                          "workers": None if check is None else check.workers,
+                         "prefill_workers": None if check is None else check.prefill_workers,
+                         "gpus_per_worker": None if check is None else check.gpus_per_worker,
                          "headroom": None if check is None or check.variant.policy != "aladdin" else check.variant.headroom,
                          "attainment": None if check is None else check.attainment})
         print(f"{multiple:>6g} {rate:>8.3g} " + " ".join(cells), flush=True)
     print(f"planned in {time.perf_counter() - started:.0f}s")
     return {
         "profile": config.name, "gpus_per_worker": config.gpus_per_worker,
+        "profiles": [{"name": c.name, "gpus_per_worker": c.gpus_per_worker, "derived": c.perf.meta.get("derived")}
+                     for c in configs],
+        "split_phase": args.split_phase,
         "unloaded_ttft_s": ttft0, "unloaded_token_s": token0,
         "ttft_slo_s": plan_config.ttft_slo, "atgt_slo_s": plan_config.atgt_slo,
         "fcfs_knee_rps": knee, "rows": rows, "plan": result.to_dict(),
@@ -154,11 +180,12 @@ def plot(results: list[dict], path: Path) -> None:
     for column, result in enumerate(results):
         top, bottom = axes[0][column], axes[1][column]
         jsq = {r["rate"]: r["gpus"] for r in result["rows"] if r["policy"] == "jsq" and r["gpus"]}
-        for family in FAMILY_ORDER:
+        for family in dict.fromkeys([*FAMILY_ORDER, *(r["policy"] for r in result["rows"])]):
             points = [(r["rate"], r["gpus"]) for r in result["rows"] if r["policy"] == family and r["gpus"]]
             if not points:
                 continue
-            style = {"marker": "o", "linestyle": "--" if family == "aladdin-oracle" else "-", "label": family}
+            style = {"marker": "o", "linestyle": "--" if family == "aladdin-oracle" or "default" in family else "-",
+                     "label": family}
             xs, ys = zip(*points)
             top.plot(xs, ys, **style)
             relative = [(x, y / jsq[x]) for x, y in points if x in jsq]
@@ -169,7 +196,8 @@ def plot(results: list[dict], path: Path) -> None:
         for axis in (top.yaxis, bottom.xaxis):
             axis.set_major_formatter(FormatStrFormatter("%g"))
         top.set_ylabel("GPUs needed")
-        top.set_title(f"{Path(result['profile']).name} (G={result['gpus_per_worker']}): TTFT "
+        sizes = "/".join(str(p["gpus_per_worker"]) for p in result["profiles"])
+        top.set_title(f"{Path(result['profile']).name} (G={sizes}{', split-phase' if result['split_phase'] else ''}): TTFT "
                       f"{1000 * result['ttft_slo_s']:.0f}ms, ATGT {1000 * result['atgt_slo_s']:.1f}ms, "
                       f"{100 * result['plan']['config']['attainment']:g}% attainment", fontsize=9)
         bottom.set_ylabel("GPUs / jsq's GPUs")
