@@ -88,11 +88,15 @@ def _progress(total: int, failure: str):
               help="The server's --max-num-batched-tokens (chunked-prefill budget; recorded).")
 @click.option("--max-prompt-tokens", type=click.IntRange(min=64), default=2048, show_default=True,
               help="Longest prompt the full plan measures; keep it below the server's --max-model-len.")
+@click.option("--decode-tokens", type=click.IntRange(min=16), default=64, show_default=True,
+              help="Tokens each request of a decode batch streams (full plan); 128 suits a GPU with hundreds of sequences.")
+@click.option("--prefill-tokens", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tokens each lone prefill request asks for (full plan); its TTFT is the time to the first.")
 @click.option("--gpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--hardware", default=None, help="Hardware description (default: this machine's CPU).")
 @click.pass_context
 def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batched_tokens, max_prompt_tokens,
-            gpus_per_worker, hardware):
+            decode_tokens, prefill_tokens, gpus_per_worker, hardware):
     """Profile a live vLLM: fit prefill, decode and KV models and write PROFILE.json.
 
     Run 'aladdin profile validate PROFILE.json --host URL' to measure its prediction errors.
@@ -106,7 +110,7 @@ def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batche
 
     engine = _engine(host, model)
     _, synthesize = _synthesizer(tokenizer)
-    plan = ProfilePlan.quick() if quick else ProfilePlan.full(max_prompt_tokens)
+    plan = ProfilePlan.quick() if quick else ProfilePlan.full(max_prompt_tokens, decode_tokens, prefill_tokens)
     steps = len(plan.prefill_lengths) + len(plan.decode_grid(engine.info.kv_model(), max_num_seqs))
     with _progress(steps, "profiling failed") as step:
         run = run_profile(engine, synthesize, plan, max_num_seqs, max_batched_tokens, step)
@@ -132,10 +136,12 @@ def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batche
               help="Held-out ShareGPT requests (half alone for prefill, half in groups for decode and KV).")
 @click.option("--max-output-tokens", type=click.IntRange(min=4), default=96, show_default=True,
               help="Cap on held-out output lengths (keeps the CPU run short).")
+@click.option("--group-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Held-out decode requests launched together (up to the server's --max-num-seqs).")
 @click.option("--seed", type=int, default=12345, show_default=True, help="Held-out sample seed.")
 @click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def validate(profile_file, host, model, num_requests, max_output_tokens, seed, tokenizer, json_path):
+def validate(profile_file, host, model, num_requests, max_output_tokens, group_size, seed, tokenizer, json_path):
     """Replay held-out ShareGPT requests and report each model's prediction error."""
     from aladdin.loadgen.datasets import load_sharegpt
     from aladdin.plugin.profile_io import load_profile
@@ -158,10 +164,11 @@ def validate(profile_file, host, model, num_requests, max_output_tokens, seed, t
     ]
     half = num_requests // 2
     prefill_specs, decode_specs = specs[:half], specs[half:]
-    groups = [decode_specs[i:i + 8] for i in range(0, len(decode_specs), 8)]
+    groups = [decode_specs[i:i + group_size] for i in range(0, len(decode_specs), group_size)]
     with _progress(2 + len(groups), "validation failed") as step:
         report = validate_profile(engine, perf, prefill_specs, groups, synthesize, step)
-    report = {"profile": str(profile_file), "host": host, "num_requests": num_requests, "seed": seed, "models": report}
+    report = {"profile": str(profile_file), "host": host, "num_requests": num_requests, "seed": seed,
+              "group_size": group_size, "max_output_tokens": max_output_tokens, "models": report}
     click.echo(format_validation(report["models"]))
     if json_path:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
