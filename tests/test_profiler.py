@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aladdin.loadgen.records import RequestRecord
-from aladdin.plugin.profiler import decode_samples, parse_cache_info, parse_kv_usage
+from aladdin.plugin.profiler import decode_samples, drop_bursts, parse_cache_info, parse_kv_usage
 
 
 def record(i: int, prompt: int, times: list[float]) -> RequestRecord:
@@ -75,3 +75,14 @@ def test_quick_profile_and_validation_on_real_vllm(vllm_server, tmp_path):
     models = json.loads(report.read_text())["models"]
     assert models["prefill"]["n"] == 16 and models["decode"]["n"] > 0 and models["kv"]["n"] > 0
     assert models["prefill"]["noise_floor_pct"] is not None
+
+
+def test_drop_bursts_removes_segments_faster_than_a_lone_request_could_decode():
+    sizes = np.array([1, 1, 1, 64, 64, 64, 128])
+    contexts = np.array([100, 101, 102, 6400, 6464, 6528, 12800])
+    gaps = np.array([0.006, 0.0061, 0.0059, 0.012, 0.0012, 0.0125, 0.02])  # one 1.2 ms burst at batch 64
+    kept = drop_bursts(sizes, contexts, gaps)
+    assert kept[2].tolist() == [0.006, 0.0061, 0.0059, 0.012, 0.0125, 0.02]
+    assert kept[0].tolist() == [1, 1, 1, 64, 64, 128]
+    # without a reference batch of 3+ samples nothing is dropped
+    assert drop_bursts(sizes[3:], contexts[3:], gaps[3:])[2].size == 4
