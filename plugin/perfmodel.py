@@ -196,6 +196,19 @@ class PerfModel:
         if self.max_num_seqs < 1 or self.max_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_batched_tokens must be >= 1")
 
+    @property
+    def frontend_s(self) -> float:
+        """Time a new request spends before the engine can schedule it (HTTP, tokenization,
+        admission): the part of a lone prompt's fixed TTFT cost ``c_p`` beyond one forward
+        pass, max(c_p - c_d, 0). It delays that request only, never the GPU (docs/perfmodel.md,
+        "Mixed iterations")."""
+        return max(self.prefill.c - self.decode.c, 0.0)
+
+    @property
+    def prefill_pass_s(self) -> float:
+        """Fixed cost of a forward pass that only prefills: c_p - frontend_s = min(c_p, c_d)."""
+        return min(self.prefill.c, self.decode.c)
+
     def iteration_time(
         self,
         decode_batch_size: int,
@@ -206,7 +219,7 @@ class PerfModel:
         """Time of one (possibly mixed) iteration under chunked prefill.
 
         The decode part and the variable part of every prefill chunk add up; the fixed
-        cost is paid once per forward pass: max(c_d, c_p) over the parts present.
+        cost is paid once per forward pass: c_d with decodes in it, else ``prefill_pass_s``.
         ``prefill_new_tokens``/``prefill_computed_tokens`` list the chunks in this iteration.
         """
         new = np.asarray(prefill_new_tokens, dtype=float).ravel()
@@ -217,10 +230,17 @@ class PerfModel:
             return 0.0
         prefill_work = float(np.sum(self.prefill.chunk_work(new, computed)))
         if not has_decode:
-            return prefill_work + self.prefill.c
+            return prefill_work + self.prefill_pass_s
         decode_work = self.decode.a * decode_batch_size + self.decode.b * decode_context_tokens
-        fixed = max(self.decode.c, self.prefill.c) if has_prefill else self.decode.c
-        return float(decode_work + prefill_work + fixed)
+        return float(decode_work + prefill_work + self.decode.c)
+
+    def ttft_alone(self, prompt_tokens: ArrayLike) -> float | np.ndarray:
+        """Element-wise TTFT of prompts alone on an idle worker: the front-end time, then
+        chunks of ``max_batched_tokens``, each one prefill-only pass. Equals ``prefill.time_single``
+        for a prompt within one chunk."""
+        n = np.asarray(prompt_tokens, dtype=float)
+        chunks = np.maximum(np.ceil(n / self.max_batched_tokens), 1.0)
+        return _scalar_or_array(self.frontend_s + self.prefill.chunk_work(n, 0) + chunks * self.prefill_pass_s)
 
 
 # ---------------------------------------------------------------------------------------

@@ -326,14 +326,10 @@ def build_forecast(worker: WorkerView, now: float) -> Forecast:
 
 
 def prefill_stall(perf: PerfModel, tokens) -> np.ndarray:
-    """Element-wise extra time a prefill of ``tokens`` adds to the decode iterations it shares.
-
-    Its chunks' variable work plus, per chunk, the fixed cost a prefill adds on top of a
-    decode pass, max(c_d, c_p) - c_d (docs/perfmodel.md, "Mixed iterations").
-    """
-    tokens = np.asarray(tokens, dtype=float)
-    chunks = np.ceil(tokens / perf.max_batched_tokens)
-    return perf.prefill.chunk_work(tokens, 0) + chunks * max(perf.prefill.c - perf.decode.c, 0.0)
+    """Element-wise extra time a prefill of ``tokens`` adds to the decode iterations it shares:
+    its chunks' variable work (the pass's fixed cost is the decode's own; docs/perfmodel.md,
+    "Mixed iterations")."""
+    return np.asarray(perf.prefill.chunk_work(np.asarray(tokens, dtype=float), 0), dtype=float)
 
 
 class _Stack:
@@ -346,7 +342,7 @@ class _Stack:
     SCALARS = (
         "horizon", "requests", "has_atgt_slo", "running", "running_context", "waiting_tokens",
         "waiting_prefill_work", "outstanding", "unprefilled", "capacity", "block_size", "max_num_seqs",
-        "max_batched_tokens", "dec_a", "dec_b", "dec_c", "pre_a", "pre_q", "pre_c",
+        "max_batched_tokens", "dec_a", "dec_b", "dec_c", "pre_a", "pre_q", "pre_pass", "frontend",
     )
 
     def __init__(self, ids: tuple[str, ...]):
@@ -385,7 +381,7 @@ class _Stack:
             forecast.running_context, forecast.waiting_tokens, forecast.waiting_prefill_work,
             worker.num_outstanding, unprefilled, perf.kv.capacity_tokens, perf.kv.block_size, perf.max_num_seqs,
             perf.max_batched_tokens, perf.decode.a, perf.decode.b, perf.decode.c,
-            perf.prefill.a, perf.prefill.q, perf.prefill.c,
+            perf.prefill.a, perf.prefill.q, perf.prefill_pass_s, perf.frontend_s,
         )
         if forecast.horizon > self.step_width or forecast.remaining.size > self.request_width:
             grow = lambda need, width: width if need <= width else max(need, width * 3 // 2)  # noqa: E731
@@ -504,14 +500,13 @@ class AladdinPolicy:
             )
             kv[i] = peak > limit[i]
 
-        # TTFT: the prefills queued ahead, in iterations that also carry the running decodes.
+        # TTFT: the front end (unless already behind it), then the prefills queued ahead, in
+        # iterations that also carry the running decodes.
         budget = np.maximum(s.max_batched_tokens - s.running, 1.0)
         per_iteration = np.where(
-            s.running > 0,
-            s.dec_a * s.running + s.dec_b * s.running_context + s.dec_c + np.maximum(s.pre_c - s.dec_c, 0.0),
-            s.pre_c,
+            s.running > 0, s.dec_a * s.running + s.dec_b * s.running_context + s.dec_c, s.pre_pass
         )
-        waited = max(now - request.arrival_time, 0.0)
+        waited = np.maximum(max(now - request.arrival_time, 0.0), s.frontend)
         extra = np.maximum(s.unprefilled - s.waiting_tokens, 0.0)
         own_work = s.pre_a * context + s.pre_q * context * context
         ttft = (
@@ -521,7 +516,7 @@ class AladdinPolicy:
             + s.pre_a * extra
             + own_work
         )
-        ttft_alone = waited + np.ceil(context / s.max_batched_tokens) * s.pre_c + own_work
+        ttft_alone = waited + np.ceil(context / s.max_batched_tokens) * s.pre_pass + own_work
         late = (ttft > request.ttft_slo) & (ttft_alone <= request.ttft_slo)
         seqs = s.outstanding + 1 > s.max_num_seqs
 
@@ -536,9 +531,7 @@ class AladdinPolicy:
         slots = np.flatnonzero(others)
         if slots.size:
             width = int(s.requests[slots].max())
-            stall = np.zeros(slots.size) if request.generated_tokens else (
-                own_work[slots] + np.ceil(context / s.max_batched_tokens[slots]) * np.maximum(s.pre_c - s.dec_c, 0.0)[slots]
-            )
+            stall = np.zeros(slots.size) if request.generated_tokens else own_work[slots]
             share = np.minimum(s.remaining[slots, :width], steps)
             added = share * per_step[slots, None] + s.dec_b[slots, None] * share * (share - 1) / 2.0 + stall[:, None]
             worst = (s.atgt_ratio[slots, :width] + added * s.inv_tokens_slo[slots, :width]).max(axis=1)

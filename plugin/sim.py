@@ -346,6 +346,8 @@ class ClusterSimulator:
         self.central = CentralQueue(self.policy)
         self.track_overruns = not config.oracle_lengths and getattr(self.policy, "uses_predictions", True)
         self.block_size = perf.kv.block_size
+        self._prefill_pass = perf.prefill_pass_s
+        self._frontend = perf.frontend_s  # a request reaches its engine this long after it arrives
         self.num_blocks = perf.kv.num_blocks
         width = len(str(config.num_workers - 1))
         self.decode_workers = [_Worker(i, f"w{i:0{width}d}", self.block_size) for i in range(config.num_workers)]
@@ -376,8 +378,8 @@ class ClusterSimulator:
         n = len(schedule)
         self.ids = [r.id for r in schedule]
         self._index = {request_id: i for i, request_id in enumerate(self.ids)}
-        arrivals = [float(r.offset) for r in schedule]
-        self.arrival = arrivals
+        self.arrival = [float(r.offset) for r in schedule]
+        arrivals = [t + self._frontend for t in self.arrival]  # when each request reaches the cluster's engines
         self.prompt = [int(r.spec.prompt_tokens) for r in schedule]
         self.out = [int(r.spec.output_tokens) for r in schedule]
         self._check_lengths()
@@ -708,14 +710,13 @@ class ClusterSimulator:
         """PerfModel.iteration_time, inlined: this runs once per mixed iteration.
 
         ``prefill_work`` is the sum of PrefillModel.chunk_work over the chunks; the fixed
-        cost is paid once per pass, max(c_d, c_p) when decodes and prefills share it.
+        cost is paid once per pass: c_d with decodes in it, else the prefill-only pass cost.
         """
-        decode, prefill = self.perf.decode, self.perf.prefill
+        decode = self.perf.decode
         if not n_decode:
-            return prefill_work + (prefill.c if has_prefill else decode.c)
+            return prefill_work + (self._prefill_pass if has_prefill else decode.c)
         context = worker.context_base + n_decode * worker.iterations
-        fixed = max(decode.c, prefill.c) if has_prefill else decode.c
-        return decode.a * n_decode + decode.b * context + prefill_work + fixed
+        return decode.a * n_decode + decode.b * context + prefill_work + decode.c
 
     def _admit(self, worker: _Worker, i: int, tokens: int, blocks: int) -> int:
         """Admit request ``i`` to compute ``tokens``; returns how many it already holds (its

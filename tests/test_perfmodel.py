@@ -151,15 +151,21 @@ def test_kv_rejects_inconsistent_sizes():
 def test_iteration_time_reduces_to_the_pure_models():
     assert PERF.iteration_time(0, 0) == 0.0
     assert PERF.iteration_time(12, 5000) == pytest.approx(DECODE.time(12, 5000))
-    assert PERF.iteration_time(0, 0, [700], [0]) == pytest.approx(PREFILL.time_single(700))
-    assert PERF.iteration_time(0, 0, [256], [1024]) == pytest.approx(PREFILL.chunk_time(256, 1024))
+    assert PERF.iteration_time(0, 0, [700], [0]) == pytest.approx(PREFILL.time_single(700) - PERF.frontend_s)
+    assert PERF.iteration_time(0, 0, [256], [1024]) == pytest.approx(PREFILL.chunk_time(256, 1024) - PERF.frontend_s)
 
 
-def test_mixed_iteration_pays_the_fixed_cost_once():
+def test_mixed_iteration_pays_one_decode_pass_and_the_rest_of_c_p_is_front_end_time():
     mixed = PERF.iteration_time(12, 5000, [256, 100], [1024, 0])
     chunk_work = PREFILL.chunk_work(256, 1024) + PREFILL.chunk_work(100, 0)
-    expected = DECODE.time(12, 5000) - DECODE.c + chunk_work + max(DECODE.c, PREFILL.c)
-    assert mixed == pytest.approx(expected)
+    assert mixed == pytest.approx(DECODE.time(12, 5000) + chunk_work)
+    # a lone prompt's TTFT = front end + one prefill-only pass, whichever constant is larger
+    assert PERF.frontend_s + PERF.iteration_time(0, 0, [700], [0]) == pytest.approx(PREFILL.time_single(700))
+    assert PERF.ttft_alone(700) == pytest.approx(PREFILL.time_single(700))
+    assert PERF.ttft_alone([5000])[0] == pytest.approx(
+        PERF.frontend_s + PREFILL.chunk_work(5000, 0) + np.ceil(5000 / PERF.max_batched_tokens) * PERF.prefill_pass_s)
+    fast_prefill = PerfModel(PrefillModel(PREFILL.a, PREFILL.q, DECODE.c / 2), DECODE, PERF.kv, 8, 512)
+    assert fast_prefill.frontend_s == 0.0 and fast_prefill.prefill_pass_s == DECODE.c / 2
 
 
 # --- fitting ---------------------------------------------------------------------------

@@ -97,13 +97,14 @@ def test_cluster_size_rounds_up_but_not_float_noise():
 
 
 def test_worker_rate_finds_the_simulated_knee():
-    """The knee of a worker serving fixed-size requests lies just under its saturation
-    throughput, the search's answer meets the target, and a rate 2% higher does not."""
+    """The knee of a worker serving fixed-size requests lies near its saturation throughput
+    (a little above is possible: 400 requests end before a 2 s TTFT budget's queue fills),
+    the search's answer meets the target, and a rate 2% higher does not."""
     config = PlanConfig(ttft_slo=2.0, atgt_slo=1.0, attainment=0.99, num_requests=400)
     planner = Planner([WorkerConfig("small", PERF, 1)], [Variant("jsq")], config, fixed_workload())
     search = planner.worker_rate(planner.configs[0], Variant("jsq"))
     ceiling = saturation_rate()
-    assert 0.7 * ceiling < search.rate < 1.02 * ceiling
+    assert 0.7 * ceiling < search.rate < 1.05 * ceiling
     met = {p.rate: p.attainment >= 0.99 for p in search.probes}
     assert met[search.rate]
     assert min(r for r, ok in met.items() if not ok) <= search.rate * 1.02 * (1 + 1e-9)

@@ -37,6 +37,7 @@ def schedule(requests: list[tuple[float, int, int]]) -> list[ScheduledRequest]:
 def reference(perf: PerfModel, requests: list[tuple[float, int, int]]) -> list[list[float]]:
     """One worker, stepped one iteration at a time with plain objects: the vLLM-V1 rules of
     docs/placement.md written the obvious way. Returns each request's token times."""
+    requests = [(arrival + perf.frontend_s, p, o) for arrival, p, o in requests]  # when the engine sees each
     bs, blocks_total = perf.kv.block_size, perf.kv.num_blocks
     pending = deque(sorted(range(len(requests)), key=lambda i: requests[i][0]))
     state = {i: {"tok": p, "comp": 0, "gen": 0, "out": o, "alloc": 0} for i, (_, p, o) in enumerate(requests)}
@@ -145,7 +146,7 @@ def test_kv_overflow_preempts_the_newest_request_and_it_recomputes():
     r0_done = result.times_of(0)[-1]
     r1 = result.times_of(1)
     resumed = int(np.searchsorted(r1, r0_done))
-    assert r1[resumed] - r0_done == pytest.approx(PREFILL.time_single(16 + resumed), rel=1e-12)
+    assert r1[resumed] - r0_done == pytest.approx(PREFILL.time_single(16 + resumed) - perf.frontend_s, rel=1e-12)
     assert np.isin(r1[:resumed], result.times_of(0)).all()  # before the preemption they shared iterations
 
 
