@@ -118,6 +118,14 @@ def plan(profiles, rate, rates, ttft_slo, atgt_slo, attainment, policy_list, hea
         if len(profiles) != 1:
             raise AladdinError("--worker-rate needs exactly one --profile (its gpus_per_worker)")
     configs = [WorkerConfig.from_profile(path) for path in profiles]
+    for worker in configs:
+        if worker.perf.meta.get("derived"):
+            click.echo(f"note: {worker.name} (G={worker.gpus_per_worker}) is derived from a smaller worker's profile, "
+                       "not measured (docs/perfmodel.md)", err=True)
+        if heartbeat_path is None and num_requests < 4 * worker.perf.max_num_seqs:
+            click.echo(f"warning: {num_requests} requests per probe is under 4 x max_num_seqs "
+                       f"({worker.perf.max_num_seqs}) of {worker.name}: a probe can end before a queue builds, so "
+                       "its knee reads high; raise --num-requests", err=True)
     heartbeat_config = HeartbeatConfig(interval, scale_headroom, scale_down_after, min_workers)
     heartbeat_config.validate()
     log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
