@@ -68,12 +68,13 @@ def test_quick_profile_and_validation_on_real_vllm(vllm_server, tmp_path):
     assert doc["vllm_version"].startswith("0.")
 
     report = tmp_path / "validation.json"
-    proc = aladdin("profile", "validate", str(profile), "--host", vllm_server.url, "-n", "32", "--json", str(report))
+    proc = aladdin("profile", "validate", str(profile), "--host", vllm_server.url, "-n", "48", "--max-output-tokens", "128",
+                   "--json", str(report))
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("prefill", "decode", "kv"):
         assert name in proc.stdout
     models = json.loads(report.read_text())["models"]
-    assert models["prefill"]["n"] == 16 and models["decode"]["n"] > 0 and models["kv"]["n"] > 0
+    assert models["prefill"]["n"] == 24 and models["decode"]["n"] > 0 and models["kv"]["n"] > 0
     assert models["prefill"]["noise_floor_pct"] is not None
 
 
