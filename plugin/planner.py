@@ -208,15 +208,13 @@ class Workload:
 def unloaded_latency(perf: PerfModel, workload: Workload) -> tuple[float, float]:
     """(TTFT, seconds per output token) of the workload's median request alone on an idle worker.
 
-    TTFT is the median prompt's prefill (in chunks of ``max_batched_tokens``); the per-token
-    time is the model's ATGT of that request decoding alone (batch 1) to the median output.
-    SLOs are usually set as multiples of these two.
+    TTFT is the median prompt's ``PerfModel.ttft_alone`` (front end, then chunks of
+    ``max_batched_tokens``); the per-token time is the model's ATGT of that request decoding
+    alone (batch 1) to the median output. SLOs are usually set as multiples of these two.
     """
     prompt = int(np.median(workload.prompts))
     output = int(np.median(workload.outputs))
-    budget = perf.max_batched_tokens
-    starts = np.arange(0, prompt, budget)
-    ttft = float(np.sum(perf.prefill.chunk_time(np.minimum(budget, prompt - starts), starts)))
+    ttft = float(perf.ttft_alone(prompt))
     per_token = float(perf.decode.predicted_atgt([prompt], [max(output - 1, 1)])[0])
     return ttft, per_token
 
