@@ -12,10 +12,11 @@ from pathlib import Path
 
 import click
 
+from aladdin.clicommand import group
 from aladdin import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="aladdin")
 def cli() -> None:
     """Aladdin: SLO-aware placement and GPU scaling for vLLM clusters, with a trace replayer
@@ -56,7 +57,7 @@ def cluster() -> None:
 
 
 def _state_dir_option(fn):
-    from aladdin.cluster import aladdin_home
+    from aladdin.paths import aladdin_home
 
     return click.option(
         "--state-dir",
@@ -163,9 +164,9 @@ def _register_subcommands() -> None:
     from aladdin.analysis.cli import analyze
     from aladdin.demo import demo
     from aladdin.loadgen.cli import replay
-    from aladdin.plugin.cli import simulate
-    from aladdin.plugin.plan_cli import plan
-    from aladdin.plugin.profile_cli import profile
+    from aladdin.plugin.sim.cli import simulate
+    from aladdin.plugin.plan.cli import plan
+    from aladdin.plugin.profile.cli import profile
 
     cli.add_command(replay)
     cli.add_command(analyze)

@@ -24,14 +24,10 @@ from pathlib import Path
 
 from aladdin.errors import AladdinError
 from aladdin.modeldir import default_model_dir, read_shape
+from aladdin.paths import aladdin_home
 
 SERVER_NICENESS = 5
 BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32
-
-
-def aladdin_home() -> Path:
-    """Where clusters keep their model folders, logs and state (``$ALADDIN_HOME``)."""
-    return Path(os.environ.get("ALADDIN_HOME", Path.home() / ".aladdin"))
 
 
 @dataclass
@@ -88,6 +84,17 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port_block(n: int) -> int:
+    """A base port with ``n`` consecutive free loopback ports, for a cluster started by a test or benchmark."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = sock.getsockname()[1]
+        if base + n < 65535 and all(port_is_free("127.0.0.1", base + i) for i in range(n)):
+            return base
+    raise AladdinError(f"no block of {n} free loopback ports")
 
 
 def log_tail(path: str | Path, lines: int = 6) -> str:

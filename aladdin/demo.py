@@ -12,8 +12,10 @@ from pathlib import Path
 
 import click
 
+from aladdin.clicommand import command
 
-@click.command("demo")
+
+@command("demo")
 @click.option("--rate", type=float, default=2.0, show_default=True, help="Poisson arrival rate, requests/s.")
 @click.option("--num-requests", "-n", type=click.IntRange(min=1), default=80, show_default=True)
 @click.option("--max-output-tokens", type=click.IntRange(min=4), default=256, show_default=True,

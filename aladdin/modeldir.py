@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from aladdin.errors import AladdinError
+from aladdin.paths import aladdin_home
 
 VOCAB_SIZE = 32000
 
@@ -137,8 +138,6 @@ def write_model_dir(directory: str | Path, shape: str = "tiny") -> Path:
 
 def default_model_dir(shape: str = "tiny") -> Path:
     """The shared model folder for ``shape`` under ``$ALADDIN_HOME/models``, written on first use."""
-    from aladdin.cluster import aladdin_home
-
     directory = aladdin_home() / "models" / shape
     if not (directory / "aladdin_model.json").exists():
         write_model_dir(directory, shape)

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from bench_sim import A100_7B
 
-from aladdin.plugin.placement import AladdinPolicy
-from aladdin.plugin.planner import Workload, unloaded_latency
-from aladdin.plugin.profile_io import load_profile
-from aladdin.plugin.sim import ClusterSimulator, SimConfig
+from aladdin.plugin.core.placement import AladdinPolicy
+from aladdin.plugin.plan.planner import Workload, unloaded_latency
+from aladdin.plugin.profile.io import load_profile
+from aladdin.plugin.sim.simulator import ClusterSimulator, SimConfig
 
 BANDS = ((0.0, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, np.inf))
 

@@ -13,7 +13,7 @@ x the prefill of the median ShareGPT prompt, ATGT = ``--atgt-mult`` x the per-to
 that request decoding alone (batch 1); the absolute values are printed. The rates are
 ``--multiples`` of one worker's FCFS knee (the highest rate one worker meets the target at, under
 vLLM's own scheduling), so they span 1 to 64 workers' worth of load. Each rate is planned with
-``aladdin.plugin.planner`` for every policy: aladdin with the predictor (the best of
+``aladdin.plugin.plan.planner`` for every policy: aladdin with the predictor (the best of
 ``--headroom``), aladdin with oracle lengths (the best of ``--oracle-headroom``, the ceiling), and
 the baselines jsq, po2, rr and least-kv. Without ``--profile`` a built-in CPU-tiny-like model is
 used (guessed coefficients, not a measurement).
@@ -33,8 +33,8 @@ import json
 import time
 from pathlib import Path
 
-from aladdin.plugin.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
-from aladdin.plugin.planner import (
+from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+from aladdin.plugin.plan.planner import (
     PlanConfig,
     Planner,
     Variant,

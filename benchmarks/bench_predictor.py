@@ -17,7 +17,7 @@ import numpy as np
 
 from aladdin.loadgen.datasets import load_sharegpt, load_tokenizer
 from aladdin.modeldir import default_model_dir
-from aladdin.plugin.predictor import PredictorConfig, evaluate_online
+from aladdin.plugin.core.predictor import PredictorConfig, evaluate_online
 
 CONFIGS = {
     "bucket mean (default)": PredictorConfig(),

@@ -26,9 +26,9 @@ from aladdin.loadgen.arrivals import make_offsets
 from aladdin.loadgen.datasets import RequestSpec, load_sharegpt, load_tokenizer
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.modeldir import default_model_dir
-from aladdin.plugin.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
-from aladdin.plugin.profile_io import load_profile
-from aladdin.plugin.sim import ClusterSimulator, SimConfig
+from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+from aladdin.plugin.profile.io import load_profile
+from aladdin.plugin.sim.simulator import ClusterSimulator, SimConfig
 
 # Llama-2-7B in bf16 on one A100-80GB, roughly: 14 GB of weights read per pass (~9 ms),
 # 0.5 MB of KV per token, ~116k KV tokens. Plausible numbers, not a measured profile.

@@ -30,7 +30,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 METRICS = [f"{m}_{p}_ms" for m in ("ttft", "atgt") for p in ("p50", "p99")]
 
 
@@ -162,8 +161,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/sim_vs_real.json")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
-    from aladdin.plugin.profile_io import load_profile
+    from aladdin.plugin.profile.io import load_profile
 
     perf = load_profile(args.profile)
     if args.real_run:
@@ -180,8 +178,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
         return
 
-    from aladdin.cluster import ClusterConfig, LocalCluster
-    from tests.conftest import free_port_block
+    from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
 
     workload = ["--dataset", "sharegpt", "-n", args.num_requests, "--rate", args.rate, "--seed", args.seed,
                 "--max-output-tokens", args.max_output_tokens]

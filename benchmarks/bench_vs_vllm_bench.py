@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_vllm_bench(url: str, model_dir: Path, sample: Path, n: int, rate: float, seed: int, out_dir: Path) -> Path:
@@ -92,11 +91,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/vs_vllm_bench.json")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT))
-    from aladdin.cluster import ClusterConfig, LocalCluster
+    from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
     from aladdin.loadgen.datasets import load_sharegpt, load_tokenizer
     from aladdin.modeldir import default_model_dir
-    from tests.conftest import free_port_block
 
     model_dir = default_model_dir("tiny")
     specs = load_sharegpt(load_tokenizer(model_dir), args.num_requests, seed=args.seed,

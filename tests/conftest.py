@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -29,23 +28,10 @@ def tiny_model_dir(aladdin_home) -> Path:
     return default_model_dir("tiny")
 
 
-def free_port_block(n: int) -> int:
-    """A base port with n consecutive free loopback ports."""
-    from aladdin.cluster import port_is_free
-
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = sock.getsockname()[1]
-        if base + n < 65535 and all(port_is_free("127.0.0.1", base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no free port block")
-
-
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model_dir, tmp_path_factory):
     """One real vLLM CPU server (tiny Llama, dummy weights, 16k-token KV cache) for the session."""
-    from aladdin.cluster import ClusterConfig, LocalCluster
+    from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
 
     config = ClusterConfig(
         workers=1,

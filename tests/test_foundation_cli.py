@@ -60,7 +60,7 @@ def test_bad_flags_give_one_line_error(args):
 
 
 def test_replay_unreachable_host_is_one_line(tmp_path):
-    from tests.conftest import free_port_block
+    from aladdin.cluster import free_port_block
 
     proc = run_cli("replay", "--host", f"http://127.0.0.1:{free_port_block(1)}", "-o", str(tmp_path / "run"))
     assert proc.returncode == 1

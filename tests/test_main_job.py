@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from tests.conftest import free_port_block
 
 
 def aladdin(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 
 from aladdin.errors import AladdinError
-from aladdin.plugin.perfmodel import (
-    DecodeModel,
-    KVModel,
-    PerfModel,
-    PrefillModel,
-    abs_pct_error,
-    error_summary,
-    fit_decode,
-    fit_prefill,
-)
-from aladdin.plugin.profile_io import ProfileMeta, load_profile, save_profile
+from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+from aladdin.plugin.profile.fit import abs_pct_error, error_summary, fit_decode, fit_prefill
+from aladdin.plugin.profile.io import ProfileMeta, load_profile, save_profile
 
 PREFILL = PrefillModel(a=1.5e-4, q=2e-9, c=0.012)
 DECODE = DecodeModel(a=2e-4, b=3e-7, c=0.008)
@@ -332,7 +324,7 @@ def test_unreadable_and_malformed_profiles(tmp_path):
 
 
 def test_tensor_parallel_derivation_splits_work_and_adds_memory():
-    from aladdin.plugin.perfmodel import TensorParallelAssumptions, scale_tensor_parallel
+    from aladdin.plugin.profile.fit import TensorParallelAssumptions, scale_tensor_parallel
 
     base = PerfModel(PrefillModel(1e-4, 1e-8, 0.02), DecodeModel(2e-4, 4e-7, 0.01), KVModel(16, 16 * 1000),
                      max_num_seqs=64, max_batched_tokens=2048, meta={"gpus_per_worker": 1})
@@ -351,7 +343,7 @@ def test_profile_derive_command_writes_a_marked_profile(tmp_path):
     from click.testing import CliRunner
 
     from aladdin.cli import cli
-    from aladdin.plugin.profile_io import ProfileMeta, load_profile, save_profile
+    from aladdin.plugin.profile.io import ProfileMeta, load_profile, save_profile
 
     base = PerfModel(PrefillModel(1e-4, 1e-8, 0.02), DecodeModel(2e-4, 4e-7, 0.01), KVModel(16, 16 * 1000),
                      max_num_seqs=64, max_batched_tokens=2048)

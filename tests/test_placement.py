@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from aladdin.errors import AladdinError
-from aladdin.plugin.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
-from aladdin.plugin.placement import (
+from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+from aladdin.plugin.core.placement import (
     EMPTY,
     POLICIES,
     AladdinPolicy,
@@ -21,7 +21,7 @@ from aladdin.plugin.placement import (
     WorkerView,
     make_policy,
 )
-from aladdin.plugin.predictor import LengthPredictor, PredictorConfig
+from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig
 
 DECODE = DecodeModel(a=1e-4, b=1e-6, c=0.01)
 PERF = PerfModel(PrefillModel(1e-4, 0.0, 0.01), DECODE, KVModel(16, 1600), max_num_seqs=8, max_batched_tokens=512)
@@ -82,7 +82,7 @@ def test_least_kv_uses_reported_kv_or_the_running_contexts():
 
 
 def test_registry_names_errors_and_cli_choices():
-    from aladdin.plugin.cli import POLICY_NAMES
+    from aladdin.plugin.sim.cli import POLICY_NAMES
 
     assert tuple(POLICIES) == POLICY_NAMES
     assert {make_policy(name).name for name in POLICIES} == set(POLICIES)
@@ -137,7 +137,7 @@ def test_aladdin_predicted_atgt_matches_the_decode_model():
 
 
 def test_forecast_charges_prefills_in_flight_to_the_other_running_requests():
-    from aladdin.plugin.placement import build_forecast, prefill_stall
+    from aladdin.plugin.core.placement import build_forecast, prefill_stall
 
     # q0 decodes (10 tokens out, first at t=4.9); q1 was admitted and its prefill is in flight.
     running = RequestSet.of([

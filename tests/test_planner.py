@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from aladdin.errors import AladdinError
-from aladdin.plugin.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
-from aladdin.plugin.plan_cli import plan
-from aladdin.plugin.planner import (
+from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+from aladdin.plugin.plan.cli import plan
+from aladdin.plugin.plan.planner import (
     HeartbeatConfig,
     Plan,
     PlanConfig,
@@ -28,8 +28,8 @@ from aladdin.plugin.planner import (
     step_rates,
     variants_for,
 )
-from aladdin.plugin.profile_io import ProfileMeta, save_profile
-from aladdin.plugin.sim import SimConfig, simulate
+from aladdin.plugin.profile.io import ProfileMeta, save_profile
+from aladdin.plugin.sim.simulator import SimConfig, simulate
 
 # A small worker: 8 sequences at a time, fixed cost 8 ms per iteration.
 PERF = PerfModel(PrefillModel(2e-5, 0.0, 0.01), DecodeModel(2e-4, 5e-8, 0.008), KVModel(16, 16 * 512),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aladdin.plugin.predictor import (
+from aladdin.plugin.core.predictor import (
     LengthPredictor,
     PredictorConfig,
     evaluate_online,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aladdin.loadgen.records import RequestRecord
-from aladdin.plugin.profiler import decode_samples, drop_bursts, parse_cache_info, parse_kv_usage
+from aladdin.plugin.profile.profiler import decode_samples, drop_bursts, parse_cache_info, parse_kv_usage
 
 
 def record(i: int, prompt: int, times: list[float]) -> RequestRecord:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from aladdin.cluster import free_port_block
 from aladdin.loadgen.records import iter_records
-from tests.conftest import free_port_block
 
 ROOT = Path(__file__).resolve().parents[1]
 

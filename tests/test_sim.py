@@ -15,11 +15,11 @@ from aladdin.errors import AladdinError
 from aladdin.loadgen.datasets import RequestSpec
 from aladdin.loadgen.records import RequestRecord
 from aladdin.loadgen.schedule import ScheduledRequest
-from aladdin.plugin.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
-from aladdin.plugin.placement import AladdinPolicy
-from aladdin.plugin.predictor import PredictorConfig
-from aladdin.plugin.profile_io import ProfileMeta, save_profile
-from aladdin.plugin.sim import ClusterSimulator, SimConfig, simulate
+from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+from aladdin.plugin.core.placement import AladdinPolicy
+from aladdin.plugin.core.predictor import PredictorConfig
+from aladdin.plugin.profile.io import ProfileMeta, save_profile
+from aladdin.plugin.sim.simulator import ClusterSimulator, SimConfig, simulate
 
 PREFILL = PrefillModel(a=5e-5, q=1e-9, c=0.015)
 DECODE = DecodeModel(a=1.5e-4, b=3.4e-7, c=0.012)
@@ -282,7 +282,7 @@ def test_written_records_match_the_replay_schema_and_load_in_analysis(tmp_path):
 
 
 def test_simulate_command_end_to_end(tmp_path, tiny_model_dir):
-    from aladdin.plugin.cli import simulate as simulate_command
+    from aladdin.plugin.sim.cli import simulate as simulate_command
 
     profile = save_profile(tmp_path / "p.json", PERF, ProfileMeta("tiny", "sim", 2, "0.26.0", "test"))
     args = ["--profile", str(profile), "--dataset", "synthetic", "--prompt-tokens", "20:200", "--output-tokens", "5:80",

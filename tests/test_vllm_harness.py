@@ -11,9 +11,8 @@ import urllib.request
 
 import pytest
 
-from aladdin.cluster import ClusterConfig, LocalCluster
+from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
 from aladdin.errors import AladdinError
-from tests.conftest import free_port_block
 
 
 @pytest.mark.vllm

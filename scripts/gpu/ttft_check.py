@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aladdin.plugin.profile_cli import _engine, _synthesizer
-from aladdin.plugin.profiler import prefill_samples
+from aladdin.plugin.profile.cli import _engine, _synthesizer
+from aladdin.plugin.profile.profiler import prefill_samples
 
 
 def main() -> None:

@@ -20,13 +20,8 @@ from typing import Any, NoReturn
 import numpy as np
 
 from aladdin.errors import AladdinError
-from aladdin.plugin.perfmodel import (
-    DecodeModel,
-    FitDiagnostics,
-    KVModel,
-    PerfModel,
-    PrefillModel,
-)
+from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+from aladdin.plugin.profile.fit import FitDiagnostics
 
 FORMAT = "aladdin-profile"
 VERSION = 1

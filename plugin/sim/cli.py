@@ -12,13 +12,14 @@ from pathlib import Path
 
 import click
 
+from aladdin.clicommand import command
 from aladdin.errors import AladdinError
 from aladdin.loadgen.cli import workload_options, workload_schedule
 
 POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICIES, kept literal for a fast --help
 
 
-@click.command("simulate")
+@command("simulate")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Worker profile (JSON from 'aladdin profile') whose models time every iteration.")
 @workload_options
@@ -46,10 +47,10 @@ POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICI
 def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, policy, ttft_slo,
              atgt_slo, headroom, oracle_lengths, predictor_quantile, default_output_tokens, output, label, **workload_flags):
     """Simulate a cluster of vLLM workers serving a workload under a placement policy."""
-    from aladdin.plugin.placement import make_policy
-    from aladdin.plugin.predictor import PredictorConfig
-    from aladdin.plugin.profile_io import load_profile
-    from aladdin.plugin.sim import ClusterSimulator, SimConfig
+    from aladdin.plugin.core.placement import make_policy
+    from aladdin.plugin.core.predictor import PredictorConfig
+    from aladdin.plugin.profile.io import load_profile
+    from aladdin.plugin.sim.simulator import ClusterSimulator, SimConfig
 
     workload, make_schedule = workload_schedule(workload_flags)
     seed = workload.seed

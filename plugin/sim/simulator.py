@@ -39,8 +39,8 @@ import numpy as np
 from aladdin.errors import AladdinError
 from aladdin.loadgen.records import OK, SCHEMA_VERSION, RequestRecord
 from aladdin.loadgen.schedule import ScheduledRequest
-from aladdin.plugin.perfmodel import PerfModel
-from aladdin.plugin.placement import (
+from aladdin.plugin.core.perfmodel import PerfModel
+from aladdin.plugin.core.placement import (
     CentralQueue,
     PlacementPolicy,
     Rebalancer,
@@ -49,7 +49,7 @@ from aladdin.plugin.placement import (
     WorkerView,
     make_policy,
 )
-from aladdin.plugin.predictor import LengthPredictor, PredictorConfig, prediction_errors
+from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig, prediction_errors
 
 RUN_SCHEMA_VERSION = 1  # run.json layout; loadgen.replay's constant (not imported: it pulls in gevent)
 

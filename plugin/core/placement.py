@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from aladdin.errors import AladdinError
-from aladdin.plugin.perfmodel import PerfModel
-from aladdin.plugin.predictor import LengthPredictor
+from aladdin.plugin.core.perfmodel import PerfModel
+from aladdin.plugin.core.predictor import LengthPredictor
 
 # ---------------------------------------------------------------------------------------
 # Views

@@ -28,7 +28,8 @@ from aladdin.loadgen.datasets import RequestSpec
 from aladdin.loadgen.dispatcher import Dispatcher
 from aladdin.loadgen.records import OK, RequestRecord
 from aladdin.loadgen.schedule import ScheduledRequest
-from aladdin.plugin.perfmodel import KVModel, PerfModel, fit_decode, fit_prefill
+from aladdin.plugin.core.perfmodel import KVModel, PerfModel
+from aladdin.plugin.profile.fit import fit_decode, fit_prefill
 
 _INFO_LINE = re.compile(r"^vllm:cache_config_info\{(?P<labels>[^}]*)\}", re.M)
 # No vLLM step is this fast (its per-step CPU work alone takes longer): a segment whose tokens
@@ -366,7 +367,7 @@ def validate_profile(
     token ids, so the prefix cache cannot help), i.e. what the same prediction would score
     against the server's own run-to-run variation.
     """
-    from aladdin.plugin.perfmodel import error_summary
+    from aladdin.plugin.profile.fit import error_summary
 
     prefill_records = []
     for spec in prefill_specs:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import click
 
+from aladdin.clicommand import command
 from aladdin.errors import AladdinError
-from aladdin.plugin.cli import POLICY_NAMES
+from aladdin.plugin.sim.cli import POLICY_NAMES
 
 RATE_CSV_HEADER = ("time_s", "rate")
 
@@ -40,7 +41,7 @@ def _policies(text: str) -> list[str]:
     return names
 
 
-@click.command("plan")
+@command("plan")
 @click.option("--profile", "profiles", type=click.Path(dir_okay=False, path_type=Path), multiple=True, required=True,
               help="A worker configuration (profile JSON, with its gpus_per_worker); repeat to compare several.")
 @click.option("--rate", type=float, default=None, help="Cluster arrival rate to plan for, requests/s.")
@@ -92,7 +93,7 @@ def plan(profiles, rate, rates, ttft_slo, atgt_slo, attainment, policy_list, hea
          split_phase, kv_transfer_us_per_token, num_requests, check_requests, sample, dataset_path, seed, rate_tolerance,
          json_path, heartbeat_path, interval, scale_headroom, scale_down_after, min_workers, worker_rate, time_scale, csv_path, quiet):
     """Plan the GPUs a rate needs, per placement policy, with the cluster simulator."""
-    from aladdin.plugin.planner import (
+    from aladdin.plugin.plan.planner import (
         HeartbeatConfig,
         PlanConfig,
         Planner,
@@ -214,7 +215,7 @@ def _read_rates(path: Path, interval: float, time_scale: float):
     """Heartbeat times and rates from a 'time_s,rate' CSV or from a trace's binned arrivals."""
     import numpy as np
 
-    from aladdin.plugin.planner import binned_rates, step_rates
+    from aladdin.plugin.plan.planner import binned_rates, step_rates
 
     try:
         with open(path, encoding="utf-8") as fh:
@@ -240,7 +241,7 @@ def _read_rates(path: Path, interval: float, time_scale: float):
 def _heartbeat(path, heartbeat_config, chosen, time_scale, csv_path, json_path, plan_config) -> None:
     from dataclasses import asdict
 
-    from aladdin.plugin.planner import heartbeat_plan
+    from aladdin.plugin.plan.planner import heartbeat_plan
 
     times, rates = _read_rates(path, heartbeat_config.interval_s, time_scale)
     beats = heartbeat_plan(times, rates, chosen["rate"], chosen["gpus_per_worker"], heartbeat_config)

@@ -32,10 +32,10 @@ from aladdin.errors import AladdinError
 from aladdin.loadgen.arrivals import make_offsets
 from aladdin.loadgen.datasets import RequestSpec
 from aladdin.loadgen.schedule import ScheduledRequest
-from aladdin.plugin.perfmodel import PerfModel
-from aladdin.plugin.placement import POLICIES, PlacementPolicy, make_policy
-from aladdin.plugin.predictor import PredictorConfig
-from aladdin.plugin.sim import SimConfig, simulate
+from aladdin.plugin.core.perfmodel import PerfModel
+from aladdin.plugin.core.placement import POLICIES, PlacementPolicy, make_policy
+from aladdin.plugin.core.predictor import PredictorConfig
+from aladdin.plugin.sim.simulator import SimConfig, simulate
 
 FCFS = "fcfs"  # one worker behind any baseline: every request goes to it, in arrival order
 
@@ -108,7 +108,7 @@ class WorkerConfig:
 
     @classmethod
     def from_profile(cls, path: str | Path) -> WorkerConfig:
-        from aladdin.plugin.profile_io import load_profile
+        from aladdin.plugin.profile.io import load_profile
 
         perf = load_profile(path)
         return cls(str(path), perf, int(perf.meta["gpus_per_worker"]))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from aladdin.clicommand import group
 from aladdin.errors import AladdinError
 
 
@@ -28,7 +29,7 @@ def _hardware() -> str:
 
 def _engine(host: str, model: str | None):
     from aladdin.loadgen.client import served_models
-    from aladdin.plugin.profiler import LiveEngine
+    from aladdin.plugin.profile.profiler import LiveEngine
 
     try:
         models = served_models(host)
@@ -75,7 +76,7 @@ def _progress(total: int, failure: str):
             raise AladdinError(f"{failure}: {exc}") from None
 
 
-@click.group("profile", invoke_without_command=True)
+@group("profile", invoke_without_command=True)
 @click.option("--host", help="Base URL of the vLLM server to profile.")
 @click.option("--model", default=None, help="Model name (default: the server's first).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Profile file to write.")
@@ -105,8 +106,8 @@ def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batche
         return
     if not host or not output:
         raise click.UsageError("--host and --output are required to make a profile")
-    from aladdin.plugin.profile_io import ProfileMeta, save_profile
-    from aladdin.plugin.profiler import ProfilePlan, run_profile
+    from aladdin.plugin.profile.io import ProfileMeta, save_profile
+    from aladdin.plugin.profile.profiler import ProfilePlan, run_profile
 
     engine = _engine(host, model)
     _, synthesize = _synthesizer(tokenizer)
@@ -144,8 +145,8 @@ def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batche
 def validate(profile_file, host, model, num_requests, max_output_tokens, group_size, seed, tokenizer, json_path):
     """Replay held-out ShareGPT requests and report each model's prediction error."""
     from aladdin.loadgen.datasets import load_sharegpt
-    from aladdin.plugin.profile_io import load_profile
-    from aladdin.plugin.profiler import validate_profile
+    from aladdin.plugin.profile.io import load_profile
+    from aladdin.plugin.profile.profiler import validate_profile
 
     perf = load_profile(profile_file)
     engine = _engine(host, model)
@@ -204,8 +205,8 @@ def derive(profile_file, gpus, shape, parallel_share, allreduce_us, output):
     a real profile of that worker replaces it.
     """
     from aladdin.modeldir import SHAPES
-    from aladdin.plugin.perfmodel import TensorParallelAssumptions, scale_tensor_parallel
-    from aladdin.plugin.profile_io import ProfileMeta, load_profile, save_profile
+    from aladdin.plugin.profile.fit import TensorParallelAssumptions, scale_tensor_parallel
+    from aladdin.plugin.profile.io import ProfileMeta, load_profile, save_profile
 
     perf = load_profile(profile_file)
     if perf.meta["gpus_per_worker"] != 1 or perf.meta.get("derived"):

@@ -1,0 +1,1 @@
+"""Profiling a live vLLM and fitting the performance models: profile -> model."""
