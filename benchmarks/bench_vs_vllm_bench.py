@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def run_vllm_bench(url: str, model_dir: Path, sample: Path, n: int, rate: float, seed: int, out_dir: Path) -> Path:
     code = (
         "import sys\n"

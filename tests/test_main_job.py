@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from aladdin.cluster import free_port_block
 
 
 def aladdin(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
