@@ -233,6 +233,17 @@ class WorkerState:
         self._add_prefill(request)
         self._changed()
 
+    def set_length_inflation(self, factor: float) -> None:
+        """Stretch the residents' predicted remaining lengths by ``factor`` in the forecast."""
+        if factor != self.length_inflation:
+            self.length_inflation = factor
+            self._changed()
+
+    def report_kv(self, kv_tokens_held: int) -> None:
+        """KV in use now, block-rounded, as the engine (or the simulator's block ledger) counts it."""
+        self.kv_tokens_reported = kv_tokens_held
+        self._touch()
+
     def repredict(self, request: Request, predicted_output_tokens: int) -> None:
         request.predicted_output_tokens = predicted_output_tokens
         request.repredictions += 1
@@ -374,8 +385,9 @@ class WorkerPool:
     """
 
     SCALARS = (
-        "origin", "horizon", "requests", "outstanding", "decoding", "capacity", "block_size", "max_num_seqs",
-        "max_batched_tokens", "dec_a", "dec_b", "dec_c", "pre_a", "pre_q", "pre_pass", "frontend",
+        "origin", "horizon", "requests", "outstanding", "decoding", "decoding_context_base", "unprefilled",
+        "prefill_work_ahead", "kv_held", "capacity", "block_size", "max_num_seqs", "max_batched_tokens",
+        "dec_a", "dec_b", "dec_c", "pre_a", "pre_q", "pre_pass", "frontend",
     )
 
     def __init__(self, workers: Sequence[tuple[str, PerfModel]]):
@@ -384,7 +396,10 @@ class WorkerPool:
         ids = [worker_id for worker_id, _ in workers]
         if len(set(ids)) != len(ids):
             raise AladdinError(f"worker ids must be unique, got {ids}")
-        self.workers = [WorkerState(worker_id, perf, i) for i, (worker_id, perf) in enumerate(workers)]
+        self.touched: set[int] = set()  # rows whose counters changed since the last decision
+        self.step = np.zeros(len(ids))  # each worker's clock, written by WorkerState.advance
+        self.observed = np.zeros(len(ids))
+        self.workers = [WorkerState(worker_id, perf, i, self) for i, (worker_id, perf) in enumerate(workers)]
         self.by_id = {w.id: w for w in self.workers}
         self.ids = ids
         order = np.argsort(np.array(ids, dtype=object))
@@ -432,12 +447,19 @@ class WorkerPool:
                 self._write(worker.index, forecast)
 
     def sync(self) -> None:
-        """Rebuild dirty forecasts and refresh every worker's row and counters."""
-        outstanding = self.scalar("outstanding")
-        decoding = self.scalar("decoding")
-        for w in self.workers:
-            outstanding[w.index] = len(w.requests)
-            decoding[w.index] = w.num_decoding
+        """Refresh the rows of the workers that changed since the last decision; rebuild their
+        forecasts where requests or predictions changed."""
+        if not self.touched:
+            return
+        columns = [self.scalar(name) for name in (
+            "outstanding", "decoding", "decoding_context_base", "unprefilled", "prefill_work_ahead", "kv_held")]
+        for index in sorted(self.touched):
+            w = self.workers[index]
+            for column, value in zip(columns, (
+                len(w.requests), w.num_decoding, w.decoding_context_base, w.unprefilled_tokens,
+                w.prefill_work_ahead, w.kv_tokens_held(),
+            )):
+                column[index] = value
             forecast = w.current_forecast()
             if forecast is self._stamp[w.index]:
                 continue
@@ -452,6 +474,7 @@ class WorkerPool:
                 self._allocate(steps, grow(forecast.remaining.size, self.request_width), max(1, (steps + 1).bit_length()))
             else:
                 self._write(w.index, forecast)
+        self.touched.clear()
 
     def _write(self, row: int, forecast: Forecast) -> None:
         end = forecast.horizon + 1
@@ -480,12 +503,5 @@ class WorkerPool:
 
     def steps_since_forecast(self) -> np.ndarray:
         """Per worker: decode steps since its forecast's origin, within its horizon."""
-        steps = np.fromiter((w.step for w in self.workers), dtype=float, count=len(self.workers))
-        return np.minimum(steps - self.scalar("origin"), self.scalar("horizon")).astype(np.int64)
-
-    def observed_at(self) -> np.ndarray:
-        return np.fromiter((w.observed_at for w in self.workers), dtype=float, count=len(self.workers))
-
-    def kv_held(self) -> np.ndarray:
-        return np.fromiter((w.kv_tokens_held() for w in self.workers), dtype=float, count=len(self.workers))
+        return np.minimum(self.step - self.scalar("origin"), self.scalar("horizon")).astype(np.int64)
 

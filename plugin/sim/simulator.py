@@ -39,17 +39,11 @@ import numpy as np
 from aladdin.errors import AladdinError
 from aladdin.loadgen.records import OK, SCHEMA_VERSION, RequestRecord
 from aladdin.loadgen.schedule import ScheduledRequest
+from aladdin.plugin.core.lifecycle import Decision, Placement, Scheduler, SchedulerConfig
 from aladdin.plugin.core.perfmodel import PerfModel
-from aladdin.plugin.core.placement import (
-    CentralQueue,
-    PlacementPolicy,
-    Rebalancer,
-    RequestSet,
-    RequestView,
-    WorkerView,
-    make_policy,
-)
+from aladdin.plugin.core.policies import PolicySpec, named_policy
 from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig, prediction_errors
+from aladdin.plugin.core.request import Request
 
 RUN_SCHEMA_VERSION = 1  # run.json layout; loadgen.replay's constant (not imported: it pulls in gevent)
 
@@ -59,7 +53,9 @@ class SimConfig:
     """What is simulated, besides the workload and the worker model."""
 
     num_workers: int
-    policy: str = "aladdin"
+    policy: str = "aladdin"  # a registry name (core.policies); a composed PolicySpec goes to ClusterSimulator
+    headroom: float = 0.0  # of the named policy (its KV and ATGT filters)
+    queue: str = "fcfs"  # central queue order: fcfs or edf
     ttft_slo: float = math.inf  # seconds; inf: none
     atgt_slo: float = math.inf  # seconds per token; inf: none
     oracle_lengths: bool = False  # predictions are the true output lengths
@@ -71,6 +67,7 @@ class SimConfig:
     # where placement applies). 0: every worker prefills and decodes (colocated).
     prefill_workers: int = 0
     kv_transfer_s_per_token: float = 0.0  # split-phase: KV hand-off time per context token
+    error_feedback: bool = True  # per-worker prediction error inflates that worker's forecasts
 
     @property
     def split_phase(self) -> bool:
@@ -102,9 +99,8 @@ class _Worker:
 
     __slots__ = (
         "index", "id", "running", "prefilling", "waiting", "n_decode", "context_base", "phase",
-        "finishes", "overruns", "blocks_used", "iterations", "log_start", "log_count", "log_first",
-        "log_step", "busy", "t0", "count", "first", "step", "chunks", "seq", "version", "view",
-        "view_version", "prefill_only", "pending_prefill",
+        "finishes", "blocks_used", "iterations", "log_start", "log_count", "log_first",
+        "log_step", "busy", "t0", "count", "first", "step", "chunks", "seq", "prefill_only", "pending_prefill",
     )
 
     def __init__(self, index: int, worker_id: str, block_size: int, prefill_only: bool = False):
@@ -119,7 +115,6 @@ class _Worker:
         self.context_base = 0
         self.phase = [0] * block_size
         self.finishes: list[tuple[int, int]] = []  # heap: (iterations when it finishes, request)
-        self.overruns: list[tuple[int, int]] = []  # heap: (iterations when it reaches its prediction, request)
         self.blocks_used = 0
         self.iterations = 0  # completed
         # The iteration log, one entry per run: iteration j of a run ends at
@@ -137,9 +132,6 @@ class _Worker:
         self.step = 0.0
         self.chunks: list[tuple[int, int]] | None = None
         self.seq = 0  # the heap entry that ends the run in flight
-        self.version = 0
-        self.view: WorkerView | None = None
-        self.view_version = -1
 
     def elapsed(self, iterations: int) -> float:
         """Time from the run's start to the end of its first ``iterations`` iterations."""
@@ -325,11 +317,13 @@ def _jsonable(value: Any) -> Any:
 class ClusterSimulator:
     """Replays a schedule on ``num_workers`` identical workers; ``run`` returns a SimResult.
 
-    ``policy`` (an object) overrides ``config.policy`` (a registry name). A simulator runs
-    once: policies and the predictor learn as it goes.
+    The engines are simulated here; every placement, queueing, prediction and re-prediction
+    decision is the scheduler core's (core.lifecycle.Scheduler), driven by the engines'
+    events exactly as the router and the in-engine plugin drive it. ``policy`` (a spec)
+    overrides ``config.policy`` (a registry name). A simulator runs once: the predictor learns.
     """
 
-    def __init__(self, perf: PerfModel, config: SimConfig, policy: PlacementPolicy | None = None):
+    def __init__(self, perf: PerfModel, config: SimConfig, policy: PolicySpec | None = None):
         config.validate()
         if perf.max_batched_tokens < perf.max_num_seqs:
             raise AladdinError(
@@ -338,13 +332,7 @@ class ClusterSimulator:
             )
         self.perf = perf
         self.config = config
-        self.policy = policy if policy is not None else make_policy(
-            config.policy, **({"seed": config.seed} if config.policy == "po2" else {})
-        )
-        self.predictor = LengthPredictor(config.predictor)
-        self.rebalancer = Rebalancer(self.predictor)
-        self.central = CentralQueue(self.policy)
-        self.track_overruns = not config.oracle_lengths and getattr(self.policy, "uses_predictions", True)
+        self.policy = policy if policy is not None else named_policy(config.policy, config.headroom, config.seed)
         self.block_size = perf.kv.block_size
         self._prefill_pass = perf.prefill_pass_s
         self._frontend = perf.frontend_s  # a request reaches its engine this long after it arrives
@@ -358,9 +346,16 @@ class ClusterSimulator:
         ]
         self.workers = self.decode_workers + self.prefill_pool  # by index
         self._by_id = {w.id: w for w in self.decode_workers}  # what placement chooses from
+        self.scheduler = Scheduler(
+            [(w.id, perf) for w in self.decode_workers],
+            self.policy.build(),
+            LengthPredictor(config.predictor),
+            SchedulerConfig(queue=config.queue, frontend_paid=True, oracle_lengths=config.oracle_lengths,
+                            error_feedback=config.error_feedback),
+        )
+        self.track_overruns = self.scheduler.track_overruns
+        self._states = [self.scheduler.worker(w.id) for w in self.decode_workers]  # by decode worker index
         self._handoffs: list[tuple[float, int]] = []  # split-phase: (time the KV reaches the decode pool, request)
-        self._atgt_slo = np.full(perf.max_num_seqs, config.atgt_slo, dtype=float)  # see _slo_column
-        self._no_requests = RequestSet.of(())
         self._heap: list[tuple[float, int, int]] = []
         self._seq = 0
         self._handling: _Worker | None = None
@@ -383,8 +378,11 @@ class ClusterSimulator:
         self.prompt = [int(r.spec.prompt_tokens) for r in schedule]
         self.out = [int(r.spec.output_tokens) for r in schedule]
         self._check_lengths()
-        self.pred = [0] * n  # current predicted output length
-        self.first_pred = [0] * n
+        config = self.config
+        self.requests = [
+            Request(self.ids[i], self.prompt[i], self.arrival[i], ttft_slo=config.ttft_slo, atgt_slo=config.atgt_slo)
+            for i in range(n)
+        ]
         self.gen = [0] * n  # generated tokens of a request that is not decoding
         self.base = [0] * n  # decoding: generated = worker iterations - base
         self.decoding = [False] * n
@@ -394,20 +392,13 @@ class ClusterSimulator:
         self.span_start = [0] * n  # decoding: the worker iteration of the current span's first token
         self.assigned = [-1] * n
         self.preemptions = [0] * n
-        self.queued = [False] * n
         self.kv_ready = [0] * n  # split-phase: prompt tokens whose KV came with the request (until admitted)
-        # numpy copies of what worker views read, so a view is a few vectorized gathers
-        self._prompt_np = np.array(self.prompt, dtype=np.int64)
-        self._pred_np = np.zeros(n, dtype=np.int64)
-        self._gen_np = np.zeros(n, dtype=np.int64)
-        self._base_np = np.zeros(n, dtype=np.int64)
-        self._decoding_np = np.zeros(n, dtype=bool)
-        self._first_token_np = np.full(n, math.nan)
+        self.first_token = [math.nan] * n
 
         next_arrival = 0
         heap = self._heap
         workers = self.workers
-        oracle = self.config.oracle_lengths
+        scheduler = self.scheduler
         handoffs = self._handoffs
         while True:
             arrival_time = arrivals[next_arrival] if next_arrival < n else math.inf
@@ -419,20 +410,19 @@ class ClusterSimulator:
                     self._end_run(worker, event_time)
             elif handoffs and handoff_time <= arrival_time:
                 _, i = heapq.heappop(handoffs)  # the request's KV has reached the decode pool
-                self._offer(i, handoff_time)
+                self._apply(scheduler.offer(self.requests[i], handoff_time), handoff_time)
             elif next_arrival < n:
                 i = next_arrival
                 next_arrival += 1
-                predicted = self.out[i] if oracle else self.predictor.predict(self.prompt[i])
-                self.first_pred[i] = self.pred[i] = self._pred_np[i] = predicted
                 if self.prefill_pool:
+                    scheduler.predict(self.requests[i], self.out[i])
                     self._dispatch_prefill(i, arrival_time)
                 else:
-                    self._offer(i, arrival_time)
+                    self._apply(scheduler.arrive(self.requests[i], arrival_time, self.out[i]), arrival_time)
             else:
                 break
-        if len(self.central):
-            raise AladdinError(f"{len(self.central)} requests were never placed")  # a policy bug, not input
+        if len(scheduler.queue):
+            raise AladdinError(f"{len(scheduler.queue)} requests were never placed")  # a policy bug, not input
         return self._result(time.perf_counter() - started)
 
     def _check_lengths(self) -> None:
@@ -450,20 +440,12 @@ class ClusterSimulator:
 
     # ------------------------------------------------------------------ placement
 
-    def _request_view(self, i: int) -> RequestView:
-        """Request ``i`` as placement sees it; after a split-phase prefill its first token is out,
-        so only its ATGT is still at stake."""
-        generated = self.gen[i]
-        return RequestView(
-            id=self.ids[i],
-            prompt_tokens=self.prompt[i],
-            predicted_output_tokens=self.pred[i],
-            generated_tokens=generated,
-            arrival_time=self.arrival[i],
-            ttft_slo=math.inf if generated else self.config.ttft_slo,
-            atgt_slo=self.config.atgt_slo,
-            first_token_time=float(self._first_token_np[i]),
-        )
+    def _apply(self, decisions: list[Decision], now: float) -> None:
+        """Carry out the scheduler's placements on the simulated engines."""
+        for decision in decisions:
+            if not isinstance(decision, Placement):
+                raise AladdinError("the simulator places every request; shedding is for a front end")
+            self._place(self._index[decision.request.id], self._by_id[decision.worker], now)
 
     def _dispatch_prefill(self, i: int, now: float) -> None:
         """Split-phase: send a new request to the prefill worker with the fewest prompt tokens
@@ -472,7 +454,6 @@ class ClusterSimulator:
         worker.pending_prefill += self.prompt[i]
         self.assigned[i] = worker.index
         worker.waiting.append(i)
-        worker.version += 1
         if not worker.busy:
             self._plan(worker, now)
 
@@ -482,43 +463,22 @@ class ClusterSimulator:
         worker.prefilling.remove(i)
         del worker.running[i]
         worker.blocks_used -= self.reserved[i]
-        self._first_token_np[i] = now
+        self.first_token[i] = now
         self._spans.append((i, worker.index, iteration, 1))
-        self.gen[i] = self._gen_np[i] = 1
+        self.gen[i] = 1
+        request = self.requests[i]
+        request.first_token_time = now
+        request.generated_tokens = 1
+        request.computed_tokens = self.prompt[i]
         if self.out[i] == 1:
-            if not self.config.oracle_lengths:
-                self.rebalancer.finished(worker.id, self.prompt[i], 1, self.first_pred[i])
+            self.scheduler.learn(request, 1, worker.id)
         else:
             self.kv_ready[i] = self.prompt[i]
             heapq.heappush(self._handoffs, (now + self.config.kv_transfer_s_per_token * self.prompt[i], i))
 
-    def _offer(self, i: int, now: float) -> None:
-        request = self._request_view(i)
-        choice = self.policy.choose(request, self._views(), now)
-        if choice is None:
-            self.queued[i] = True
-            self.central.push(request)
-        else:
-            self._place(i, self._by_id[choice], now)
-
-    def _retry_central(self, now: float) -> None:
-        index = self._index
-
-        def refresh(request: RequestView) -> RequestView:
-            i = index[request.id]
-            if not self.config.oracle_lengths:
-                self.pred[i] = self._pred_np[i] = self.predictor.predict(self.prompt[i])
-            return self._request_view(i)
-
-        def place(request: RequestView, worker_id: str) -> None:
-            self._place(index[request.id], self._by_id[worker_id], now)
-
-        self.central.retry(self._views, place, now, refresh)
-
     def _place(self, i: int, worker: _Worker, now: float) -> None:
         self.assigned[i] = worker.index
         worker.waiting.append(i)
-        worker.version += 1
         if worker is self._handling:
             return  # its next run is planned right after
         if not worker.busy:
@@ -546,54 +506,6 @@ class ClusterSimulator:
             worker.count = count
             self._schedule_end(worker)
 
-    def _views(self) -> list[WorkerView]:
-        views = []
-        for worker in self.decode_workers:
-            if worker.view_version != worker.version:
-                worker.view = self._build_view(worker)
-                worker.view_version = worker.version
-            views.append(worker.view)
-        return views
-
-    def _build_view(self, worker: _Worker) -> WorkerView:
-        """The worker as of its last run boundary (a decode run in flight is not re-observed)."""
-        rows = np.fromiter(worker.running, dtype=np.int64, count=len(worker.running))
-        generated = np.where(
-            self._decoding_np[rows], worker.iterations - self._base_np[rows], self._gen_np[rows]
-        )
-        running = RequestSet(
-            self._prompt_np[rows], generated, self._pred_np[rows], self._slo_column(rows.size), self._first_token_np[rows]
-        )
-        unprefilled = sum(self.target[r] - self.computed[r] for r in worker.prefilling)
-        if worker.waiting:
-            queued = np.fromiter(worker.waiting, dtype=np.int64, count=len(worker.waiting))
-            waiting = RequestSet(
-                self._prompt_np[queued],
-                self._gen_np[queued],
-                self._pred_np[queued],
-                self._slo_column(queued.size),
-                self._first_token_np[queued],
-            )
-            unprefilled += int(waiting.context_tokens.sum())
-        else:
-            waiting = self._no_requests
-        return WorkerView(
-            id=worker.id,
-            perf=self.perf,
-            running=running,
-            waiting=waiting,
-            kv_tokens_held=worker.blocks_used * self.block_size,
-            unprefilled_tokens=unprefilled,
-            observed_at=worker.t0 if worker.busy else None,
-            version=worker.version,
-        )
-
-    def _slo_column(self, size: int) -> np.ndarray:
-        """``size`` copies of the ATGT SLO, sliced from one shared array (grown when needed)."""
-        if size > self._atgt_slo.size:
-            self._atgt_slo = np.full(2 * size, self.config.atgt_slo, dtype=float)
-        return self._atgt_slo[:size]
-
     # ------------------------------------------------------------------ planning runs
 
     def _schedule_end(self, worker: _Worker) -> None:
@@ -608,8 +520,13 @@ class ClusterSimulator:
         self._schedule_end(worker)
 
     def _plan(self, worker: _Worker, now: float) -> None:
+        """Plan the worker's next run; the scheduler then sees its KV in use (block ledger)."""
+        self._plan_run(worker, now)
+        if not worker.prefill_only:
+            self._states[worker.index].report_kv(worker.blocks_used * self.block_size)
+
+    def _plan_run(self, worker: _Worker, now: float) -> None:
         """Choose the worker's next run: a stretch of pure decode iterations, or one mixed iteration."""
-        worker.version += 1
         if not worker.running and not worker.waiting:
             worker.busy = False
             return
@@ -638,12 +555,10 @@ class ClusterSimulator:
         while not (decoding[finishes[0][1]] and base[finishes[0][1]] + out[finishes[0][1]] == finishes[0][0]):
             heapq.heappop(finishes)  # a preempted request's old entry
         count = finishes[0][0] - iterations
-        if self.track_overruns:
-            overruns, pred = worker.overruns, self.pred
-            while overruns and not (decoding[overruns[0][1]] and base[overruns[0][1]] + pred[overruns[0][1]] == overruns[0][0]):
-                heapq.heappop(overruns)
-            if overruns:
-                count = min(count, overruns[0][0] - iterations)
+        if self.track_overruns and not worker.prefill_only:
+            overrun = self._states[worker.index].next_overrun()  # the scheduler re-predicts it then
+            if overrun is not None:
+                count = min(count, overrun - iterations)
         n, bs = worker.n_decode, self.block_size
         if n * -(-count // bs) <= free:
             return count
@@ -736,35 +651,36 @@ class ClusterSimulator:
         del worker.running[i]
         if self.decoding[i]:
             generated = self._stop_decoding(worker, i)
-            self.gen[i] = self._gen_np[i] = generated
+            self.gen[i] = generated
             worker.blocks_used -= -(-(self.prompt[i] + generated - 1) // self.block_size)
         else:
             worker.prefilling.remove(i)
             worker.blocks_used -= self.reserved[i]
         self.preemptions[i] += 1
         worker.waiting.appendleft(i)
+        if not worker.prefill_only:
+            self.scheduler.preempted(self.ids[i], self.gen[i])
 
     def _start_decoding(self, worker: _Worker, i: int, iteration: int, now: float) -> None:
         """Request ``i``'s prefill ended in ``iteration`` at ``now``, streaming its next token."""
         worker.prefilling.remove(i)
         if not self.gen[i]:
-            self._first_token_np[i] = now
+            self.first_token[i] = now
         base = iteration - self.gen[i]
-        self.base[i] = self._base_np[i] = base
-        self.decoding[i] = self._decoding_np[i] = True
+        self.base[i] = base
+        self.decoding[i] = True
         self.span_start[i] = iteration
         worker.n_decode += 1
         worker.context_base += self.prompt[i] - base
         worker.phase[(base + 1 - self.prompt[i]) % self.block_size] += 1
         heapq.heappush(worker.finishes, (base + self.out[i], i))
-        if self.track_overruns and self.pred[i] < self.out[i]:
-            heapq.heappush(worker.overruns, (base + self.pred[i], i))
+        self._apply(self.scheduler.started(self.ids[i], self.gen[i] + 1, now), now)
 
     def _stop_decoding(self, worker: _Worker, i: int) -> int:
         """Take request ``i`` out of the decode aggregates and close its span; returns its tokens."""
         base = self.base[i]
         generated = worker.iterations - base
-        self.decoding[i] = self._decoding_np[i] = False
+        self.decoding[i] = False
         worker.n_decode -= 1
         worker.context_base -= self.prompt[i] - base
         worker.phase[(base + 1 - self.prompt[i]) % self.block_size] -= 1
@@ -775,8 +691,12 @@ class ClusterSimulator:
     # ------------------------------------------------------------------ ending runs
 
     def _end_run(self, worker: _Worker, now: float) -> None:
-        """Apply the run that just ended, retire finished requests, plan the next run."""
-        worker.version += 1
+        """Apply the run that just ended, retire finished requests, plan the next run.
+
+        The scheduler hears of it as the engine would report it: decode steps, prefill
+        progress, first tokens, finishes; what it places meanwhile on this worker waits for
+        the run planned at the end.
+        """
         worker.busy = False
         count = worker.count
         worker.log_start.append(worker.t0)
@@ -785,6 +705,9 @@ class ClusterSimulator:
         worker.log_step.append(worker.step)
         start = worker.iterations
         worker.iterations = start + count
+        self._handling = worker
+        if not worker.prefill_only:
+            self._apply(self.scheduler.advance(worker.id, count, now), now)
         if worker.chunks is None:
             worker.blocks_used += self._blocks_taken(worker, start, count)
         else:
@@ -796,13 +719,10 @@ class ClusterSimulator:
                         self._hand_off(worker, i, start, now)
                 elif self.computed[i] == self.target[i]:
                     self._start_decoding(worker, i, start, now)
-        finished = self._retire(worker)
-        if self.track_overruns:
-            self._repredict(worker)
-        if finished and len(self.central):
-            self._handling = worker
-            self._retry_central(now)
-            self._handling = None
+                else:
+                    self.scheduler.prefill_progress(self.ids[i], self.computed[i])
+        self._retire(worker, now)
+        self._handling = None
         self._plan(worker, now)
 
     def _blocks_taken(self, worker: _Worker, start: int, count: int) -> int:
@@ -813,32 +733,17 @@ class ClusterSimulator:
         offset = start + cycles * bs
         return cycles * worker.n_decode + sum(phase[(offset + j) % bs] for j in range(rest))
 
-    def _retire(self, worker: _Worker) -> bool:
+    def _retire(self, worker: _Worker, now: float) -> None:
         finishes, iterations = worker.finishes, worker.iterations
         base, out, decoding = self.base, self.out, self.decoding
-        finished = False
         while finishes and finishes[0][0] <= iterations:
             key, i = heapq.heappop(finishes)
             if not (decoding[i] and base[i] + out[i] == key):
                 continue  # a preempted request's old entry
-            finished = True
             del worker.running[i]
             self.gen[i] = self._stop_decoding(worker, i)
             worker.blocks_used -= -(-(self.prompt[i] + out[i] - 1) // self.block_size)
-            if not self.config.oracle_lengths:
-                self.rebalancer.finished(worker.id, self.prompt[i], out[i], self.first_pred[i])
-        return finished
-
-    def _repredict(self, worker: _Worker) -> None:
-        overruns, iterations = worker.overruns, worker.iterations
-        base, pred, decoding = self.base, self.pred, self.decoding
-        while overruns and overruns[0][0] <= iterations:
-            key, i = heapq.heappop(overruns)
-            if not (decoding[i] and base[i] + pred[i] == key):
-                continue
-            pred[i] = self._pred_np[i] = self.rebalancer.overrun(worker.id, self.prompt[i], iterations - base[i])
-            if pred[i] < self.out[i]:
-                heapq.heappush(overruns, (base[i] + pred[i], i))
+            self._apply(self.scheduler.finish(self.ids[i], out[i], now), now)
 
     # ------------------------------------------------------------------ result
 
@@ -876,19 +781,19 @@ class ClusterSimulator:
             requested_output_tokens=out.copy(),
             worker=np.array(self.assigned, dtype=np.int64),
             worker_ids=[w.id for w in self.workers],
-            first_prediction=np.array(self.first_pred, dtype=np.int64),
+            first_prediction=np.array([r.first_prediction for r in self.requests], dtype=np.int64),
             preemptions=np.array(self.preemptions, dtype=np.int64),
             token_offsets=np.concatenate(([0], np.cumsum(per_request))),
             token_times=token_times,
             iterations=int(worker_offsets[-1]),
-            central_queue_peak=self.central.peak,
-            central_queued=int(sum(self.queued)),
-            prediction_error_by_worker=self.rebalancer.summary(),
+            central_queue_peak=self.scheduler.queue.peak,
+            central_queued=self.scheduler.queued_requests,
+            prediction_error_by_worker=self.scheduler.error_summary(),
             wall_seconds=wall_seconds,
         )
 
 
 def simulate(schedule: Sequence[ScheduledRequest], perf: PerfModel, config: SimConfig,
-             policy: PlacementPolicy | None = None) -> SimResult:
+             policy: PolicySpec | None = None) -> SimResult:
     """Run one simulation (a new simulator each time: policies and predictors keep state)."""
     return ClusterSimulator(perf, config, policy).run(schedule)

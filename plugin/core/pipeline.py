@@ -1,0 +1,457 @@
+"""The placement policy as a pipeline: filters -> weighted scorers -> picker (as in llm-d).
+
+A decision evaluates one request against every worker of a :class:`WorkerPool` at once:
+:class:`Evaluation` computes, vectorized over the candidate workers and only when a filter or
+scorer first asks, what the models predict (TTFT, peak KV, each ATGT). Filters narrow the
+candidates in order (cheap ones first, so the per-request ATGT pass only runs on workers that
+passed the rest); scorers rank the survivors; the picker takes the highest or lowest score,
+ties broken by worker id or a seeded random draw.
+
+A filter that only protects the new request's own SLO is dropped for that request when even
+an idle worker could not meet it (no later moment would). A *soft* filter (TTFT) never sends a
+request to the central queue: when no candidate passes it, the candidates before it are
+ranked by its own measure (least predicted TTFT), because waiting in the queue never makes
+a first token earlier. Named configurations live in core.policies.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aladdin.plugin.core.request import Request
+from aladdin.plugin.core.worker import WorkerPool
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How a request would fit on one worker (diagnostics and tests; ``Pipeline.evaluate``).
+
+    ``kv_fill``: predicted peak KV with the request (not block-rounded) / capacity;
+    ``atgt_fill``: the largest predicted ATGT / SLO over the residents still on pace and the
+    new request; ``ttft``: the new request's predicted TTFT from its arrival; ``violates``: the
+    names of the filters it fails.
+    """
+
+    worker: str
+    kv_fill: float
+    atgt_fill: float
+    ttft: float
+    violates: frozenset[str]
+
+    @property
+    def feasible(self) -> bool:
+        return not self.violates
+
+    @property
+    def fill(self) -> float:
+        return max(self.kv_fill, self.atgt_fill)
+
+
+class Evaluation:
+    """What the models predict for one request on the pool's workers, computed on demand.
+
+    Quantities are full-length arrays over workers, filled at the rows computed so far.
+    ``frontend_paid``: the request already went through the engine's front end before the
+    scheduler saw it (the simulator delays arrivals by it); a router's request has not, so
+    its wait so far adds to the front-end time instead of covering it.
+    """
+
+    def __init__(self, pool: WorkerPool, request: Request, now: float, generated: int, frontend_paid: bool):
+        pool.sync()
+        self.pool = pool
+        self.request = request
+        self.now = now
+        self.context = request.prompt_tokens + generated
+        self.steps = max(request.predicted_output_tokens - generated, 1)
+        self.generated = generated
+        self.delta = pool.steps_since_forecast()
+        self.frontend_paid = frontend_paid
+        w = len(pool)
+        self.kv_fill = np.zeros(w)
+        self.kv_done = np.zeros(w, dtype=bool)
+        self.atgt_fill = np.zeros(w)
+        self._ttft: np.ndarray | None = None
+        self._ttft_alone: np.ndarray | None = None
+        self._own_work: np.ndarray | None = None
+
+    def s(self, name: str) -> np.ndarray:
+        return self.pool.scalar(name)
+
+    # ------------------------------------------------------------------ TTFT
+
+    @property
+    def own_prefill_work(self) -> np.ndarray:
+        if self._own_work is None:
+            c = float(self.context)
+            self._own_work = self.s("pre_a") * c + self.s("pre_q") * c * c
+        return self._own_work
+
+    def ttft(self) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted TTFT, TTFT alone on an idle worker), from the request's arrival.
+
+        The front end (unless already paid), then the prompts queued ahead in iterations of at
+        most ``max_batched_tokens`` that also carry the worker's decodes, then its own prefill.
+        """
+        if self._ttft is None:
+            s = self.s
+            waited = max(self.now - self.request.arrival_time, 0.0)
+            frontend = s("frontend")
+            waited = np.maximum(waited, frontend) if self.frontend_paid else waited + frontend
+            decoding = s("decoding")
+            context = s("decoding_context_base") + decoding * self.pool.step
+            per_iteration = np.where(decoding > 0, s("dec_a") * decoding + s("dec_b") * context + s("dec_c"), s("pre_pass"))
+            budget = np.maximum(s("max_batched_tokens") - decoding, 1.0)
+            own_tokens = self.context - min(self.request.computed_tokens, self.context)
+            self._ttft = (
+                waited + np.ceil((s("unprefilled") + own_tokens) / budget) * per_iteration
+                + s("prefill_work_ahead") + self.own_prefill_work
+            )
+            chunks = np.maximum(np.ceil(self.context / s("max_batched_tokens")), 1.0)
+            self._ttft_alone = waited + self.own_prefill_work + chunks * s("pre_pass")
+        return self._ttft, self._ttft_alone
+
+    # ------------------------------------------------------------------ KV
+
+    def kv_bounds(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of the peak KV (unrounded) with the request added, on ``rows``."""
+        pool = self.pool
+        c, p = float(self.context), self.steps
+        d = self.delta[rows]
+        left = pool.scalar("horizon")[rows].astype(np.int64) - d
+        shared = np.minimum(p, left)
+        level = np.maximum(np.frexp(np.maximum(shared, 1))[1] - 1, 0)  # floor(log2(shared))
+        end = d + shared - (1 << level)
+        block = pool.scalar("block_size")[rows]
+        tail = c + p - 1.0  # the request's own peak, alone
+        beyond = np.where(p > left, tail, -math.inf)
+        has_prefix = shared > 0
+        u_prefix = np.where(has_prefix, np.maximum(pool.u_sparse[level, rows, d], pool.u_sparse[level, rows, end]), -math.inf)
+        v_prefix = np.where(has_prefix, np.maximum(pool.v_sparse[level, rows, d], pool.v_sparse[level, rows, end]), -math.inf)
+        lower = np.maximum(np.maximum(u_prefix - d + c, pool.u_suffix[rows, d + shared]), beyond)
+        upper = np.maximum(np.maximum(v_prefix - d + c + block - 1, pool.v_suffix[rows, d + shared]), beyond + block - 1)
+        self.kv_fill[rows] = np.maximum(lower, 0.0) / pool.scalar("capacity")[rows]
+        self.kv_done[rows] = True
+        return lower, upper
+
+    def exact_peak(self, row: int) -> int:
+        """Block-rounded peak KV of worker ``row`` with the request (where the bounds straddle)."""
+        worker = self.pool.workers[row]
+        forecast = worker.current_forecast()
+        d = int(self.delta[row])
+        alive = forecast.remaining > d
+        return worker.perf.kv.peak_tokens_held(
+            np.append(forecast.context[alive] + d, self.context), np.append(forecast.remaining[alive] - d, self.steps)
+        )
+
+    # ------------------------------------------------------------------ ATGT
+
+    def own_atgt(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted ATGT of the request on ``rows``, its ATGT alone on an idle worker).
+
+        It adds a + b * (context + k) to every step k it shares and runs alone after the
+        worker's horizon; a request that already streamed (split-phase) counts that time too.
+        """
+        pool = self.pool
+        c, p = float(self.context), self.steps
+        d = self.delta[rows]
+        left = pool.scalar("horizon")[rows].astype(np.int64) - d
+        shared = np.clip(np.minimum(p, left), 0, None)
+        a, b, fixed = pool.scalar("dec_a")[rows], pool.scalar("dec_b")[rows], pool.scalar("dec_c")[rows]
+        own_added = p * (a + b * c) + b * p * (p - 1) / 2.0
+        future = pool.cum_time[rows, d + shared] - pool.cum_time[rows, d] + own_added + fixed * np.maximum(p - left, 0)
+        if self.request.started:
+            past, tokens = max(self.now - self.request.first_token_time, 0.0), p + self.generated - 1
+        else:
+            past, tokens = 0.0, p
+        return (past + future) / tokens, (past + own_added + fixed * p) / tokens
+
+    def resident_atgt(self, rows: np.ndarray, budget: float) -> np.ndarray:
+        """Largest predicted ATGT / SLO, with the request added, over the residents of ``rows``
+        that are still on pace (predicted within ``budget``) without it.
+
+        A resident already predicted to miss is left out: holding new requests back cannot save
+        it, and counting it would close its worker to everyone until it leaves.
+        """
+        pool = self.pool
+        worst = np.full(rows.size, -math.inf)
+        busy = pool.scalar("requests")[rows] > 0
+        if not busy.any():
+            return worst
+        rows_busy = rows[busy]
+        width = int(pool.scalar("requests")[rows_busy].max())
+        d = self.delta[rows_busy]
+        inv = pool.inv_tokens_slo[rows_busy, :width]
+        ratio = (
+            pool.atgt_base[rows_busy, :width]
+            + pool.atgt_clock[rows_busy, :width] * pool.observed[rows_busy, None]
+            - pool.cum_time[rows_busy, d][:, None] * inv
+        )
+        p, c = self.steps, float(self.context)
+        a, b = pool.scalar("dec_a")[rows_busy, None], pool.scalar("dec_b")[rows_busy, None]
+        share = np.clip(pool.remaining[rows_busy, :width] - d[:, None], 0, p)
+        stall = 0.0 if self.request.started else self.own_prefill_work[rows_busy, None]
+        added = share * (a + b * c) + b * share * (share - 1) / 2.0 + stall
+        with_request = np.where(ratio <= budget, ratio + added * inv, -math.inf)
+        worst[busy] = with_request.max(axis=1)
+        return worst
+
+
+# ---------------------------------------------------------------------------------------
+# Filters: each keeps the rows (worker indices) that pass.
+
+
+@dataclass
+class MaxSeqs:
+    """Room for one more sequence (vLLM's ``max_num_seqs``)."""
+
+    name = "seqs"
+    own_slo = False
+    soft = False
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        return rows[ev.s("outstanding")[rows] + 1 <= ev.s("max_num_seqs")[rows]]
+
+
+@dataclass
+class KVPeak:
+    """Predicted peak KV, every request growing to its predicted length, within (1 - headroom)
+    of the cache. Bounds first; the exact block-rounded peak only where they straddle."""
+
+    headroom: float = 0.0
+    name = "kv"
+    own_slo = False
+    soft = False
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        lower, upper = ev.kv_bounds(rows)
+        limit = (1.0 - self.headroom) * ev.s("capacity")[rows]
+        block = ev.s("block_size")[rows]
+        fits_alone = np.ceil((ev.context + ev.steps - 1.0) / block) * block <= limit
+        keep = ~fits_alone | (upper <= limit)  # a request bigger than the cache anyway is not held back
+        for i in np.flatnonzero(fits_alone & (upper > limit) & (lower <= limit)).tolist():
+            keep[i] = ev.exact_peak(int(rows[i])) <= limit[i]
+        return rows[keep]
+
+
+@dataclass
+class OwnATGT:
+    """The new request's predicted ATGT within (1 - headroom) of its SLO."""
+
+    headroom: float = 0.0
+    name = "atgt-own"
+    own_slo = True
+    soft = False
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        slo = ev.request.atgt_slo
+        if not math.isfinite(slo):
+            return rows
+        atgt, alone = ev.own_atgt(rows)
+        budget = (1.0 - self.headroom) * slo
+        judged = alone <= budget
+        ev.atgt_fill[rows] = np.maximum(ev.atgt_fill[rows], np.where(judged, atgt / slo, 0.0))
+        return rows[~judged | (atgt <= budget)]
+
+
+@dataclass
+class ResidentATGT:
+    """Every resident on pace stays within (1 - headroom) of its ATGT SLO with the request added."""
+
+    headroom: float = 0.0
+    name = "atgt"
+    own_slo = False
+    soft = False
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        budget = 1.0 - self.headroom
+        worst = ev.resident_atgt(rows, budget)
+        ev.atgt_fill[rows] = np.maximum(ev.atgt_fill[rows], worst)
+        return rows[worst <= budget]
+
+
+@dataclass
+class TTFT:
+    """The new request's predicted TTFT within its SLO (soft: see the module docstring)."""
+
+    name = "ttft"
+    own_slo = True
+    soft = True
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        slo = ev.request.ttft_slo
+        if not math.isfinite(slo):
+            return rows
+        ttft, alone = ev.ttft()
+        return rows[(ttft[rows] <= slo) | (alone[rows] > slo)]
+
+    def fallback(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        """The rows with the least predicted TTFT."""
+        ttft = ev.ttft()[0][rows]
+        return rows[ttft == ttft.min()]
+
+
+@dataclass
+class RandomSubset:
+    """``size`` distinct workers drawn at random (seeded): power-of-k choices."""
+
+    size: int = 2
+    seed: int = 0
+    name = "random"
+    own_slo = False
+    soft = False
+    _random: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        if rows.size <= self.size:
+            return rows
+        return rows[self._random.sample(range(rows.size), self.size)]
+
+
+# ---------------------------------------------------------------------------------------
+# Scorers: a value per candidate row (the picker takes the highest or lowest weighted sum).
+
+
+class Fill:
+    """Fill in the binding dimension: max(peak KV / capacity, worst ATGT / SLO)."""
+
+    name = "fill"
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        missing = rows[~ev.kv_done[rows]]
+        if missing.size:  # no KV filter ran on them
+            ev.kv_bounds(missing)
+        return np.maximum(ev.kv_fill[rows], ev.atgt_fill[rows])
+
+
+class Outstanding:
+    """Requests on the worker, running or waiting (join the shortest queue)."""
+
+    name = "outstanding"
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        return ev.s("outstanding")[rows]
+
+
+class KVHeld:
+    """KV tokens held now."""
+
+    name = "kv-held"
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        return ev.s("kv_held")[rows]
+
+
+class PredictedTTFT:
+    """The new request's predicted TTFT."""
+
+    name = "ttft"
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        return ev.ttft()[0][rows]
+
+
+class Turn:
+    """Round robin: distance from the worker whose turn it is (one turn per decision)."""
+
+    name = "turn"
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        turn = self._next % len(ev.pool)
+        self._next += 1
+        return (rows - turn) % len(ev.pool)
+
+
+# ---------------------------------------------------------------------------------------
+# Picker and pipeline
+
+
+@dataclass
+class Picker:
+    """Highest (``pack``: best fit) or lowest score wins; ties by worker id or seeded random."""
+
+    highest: bool = False
+    tie: str = "id"  # or "random"
+    seed: int = 0
+    _random: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tie not in ("id", "random"):
+            raise ValueError(f"tie-break must be 'id' or 'random', got {self.tie!r}")
+        self._random = random.Random(self.seed)
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray, scores: np.ndarray) -> int:
+        best = scores.max() if self.highest else scores.min()
+        tied = rows[scores == best]
+        if tied.size == 1:
+            return int(tied[0])
+        if self.tie == "random":
+            return int(tied[self._random.randrange(tied.size)])
+        return int(tied[np.argmin(ev.pool.id_rank[tied])])
+
+
+@dataclass
+class Pipeline:
+    """Filters, weighted scorers and a picker; ``choose`` answers a worker row or None (queue)."""
+
+    name: str
+    filters: Sequence = ()
+    scorers: Sequence[tuple[object, float]] = ()
+    picker: Picker = field(default_factory=Picker)
+    uses_predictions: bool = True  # predicted lengths change its choices: keep them current
+
+    def candidates(self, ev: Evaluation, best_effort: bool = False) -> np.ndarray:
+        """Rows that pass the filters (with the soft-filter rule); ``best_effort`` skips the
+        filters that only protect the request's own SLOs (its TTFT is already lost)."""
+        rows = np.arange(len(ev.pool))
+        for f in self.filters:
+            if best_effort and f.own_slo:
+                continue
+            kept = f(ev, rows)
+            if kept.size == 0 and f.soft and rows.size:
+                return f.fallback(ev, rows)
+            rows = kept
+            if rows.size == 0:
+                break
+        return rows
+
+    def choose(self, ev: Evaluation, best_effort: bool = False) -> int | None:
+        rows = self.candidates(ev, best_effort)
+        if rows.size == 0:
+            return None
+        if rows.size == 1 and not any(isinstance(s, Turn) for s, _ in self.scorers):
+            return int(rows[0])
+        scores = np.zeros(rows.size)
+        for scorer, weight in self.scorers:
+            scores = scores + weight * scorer(ev, rows)
+        return self.picker(ev, rows, scores)
+
+    def evaluate(self, ev: Evaluation) -> list[Fit]:
+        """Every worker's fit, each filter run on every worker (no pruning)."""
+        every = np.arange(len(ev.pool))
+        failed = {i: set() for i in range(len(ev.pool))}
+        for f in self.filters:
+            if isinstance(f, RandomSubset):
+                continue
+            kept = set(f(ev, every).tolist())
+            for i in range(len(ev.pool)):
+                if i not in kept:
+                    failed[i].add(f.name)
+        ttft = ev.ttft()[0]
+        if not ev.kv_done.all():
+            ev.kv_bounds(every)
+        return [
+            Fit(worker=w.id, kv_fill=float(ev.kv_fill[i]), atgt_fill=float(ev.atgt_fill[i]), ttft=float(ttft[i]),
+                violates=frozenset(failed[i]))
+            for i, w in enumerate(ev.pool.workers)
+        ]
