@@ -13,6 +13,7 @@ from typing import Callable
 
 import gevent
 import numpy as np
+from gevent.pool import Group
 
 from aladdin.loadgen.client import RunClock, StreamingClient
 from aladdin.loadgen.records import RequestRecord
@@ -69,10 +70,17 @@ class Dispatcher:
         self.clock = clock
         self.sink = sink
         self.stats = DispatchStats()
-        self._greenlets: list[gevent.Greenlet] = []
+        # A group forgets each greenlet when it finishes, and with it the record it returned:
+        # only requests in flight are held, however long the replay.
+        self._in_flight = Group()
 
     def _record(self, rec: RequestRecord) -> None:
-        self.stats.dispatch_lags.append(rec.dispatched - rec.scheduled)
+        stats = self.stats
+        stats.dispatch_lags.append(rec.dispatched - rec.scheduled)
+        if stats.first_dispatch is None or rec.dispatched < stats.first_dispatch:
+            stats.first_dispatch = rec.dispatched
+        if stats.last_dispatch is None or rec.dispatched > stats.last_dispatch:
+            stats.last_dispatch = rec.dispatched
         self.sink(rec)
 
     def _canary(self) -> None:
@@ -94,26 +102,21 @@ class Dispatcher:
                 if delay > 0:
                     gevent.sleep(delay)
                 spec = item.spec
-                self._greenlets.append(
-                    gevent.spawn(
-                        self.client.run,
-                        item.id,
-                        spec.prompt,
-                        spec.prompt_token_ids,
-                        spec.output_tokens,
-                        item.offset,
-                        spec.prompt_tokens,
-                        self._record,
-                    )
+                self._in_flight.spawn(
+                    self.client.run,
+                    item.id,
+                    spec.prompt,
+                    spec.prompt_token_ids,
+                    spec.output_tokens,
+                    item.offset,
+                    spec.prompt_tokens,
+                    self._record,
                 )
-            gevent.joinall(self._greenlets)
+            self._in_flight.join()
         finally:
             canary.kill()
-        times = [g.value.dispatched for g in self._greenlets if g.value is not None]
-        if times:
-            self.stats.first_dispatch, self.stats.last_dispatch = min(times), max(times)
         return self.stats
 
     def stop(self) -> None:
         """Abandon in-flight requests (a stopped run); finished records are already written."""
-        gevent.killall(self._greenlets, block=False)
+        self._in_flight.kill(block=False)
