@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from bench_sim import A100_7B
 
-from aladdin.plugin.core.placement import AladdinPolicy
+from aladdin.plugin.core.policies import named_policy
 from aladdin.plugin.plan.planner import Workload, unloaded_latency
 from aladdin.plugin.profile.io import load_profile
 from aladdin.plugin.sim.simulator import ClusterSimulator, SimConfig
@@ -41,7 +41,7 @@ def main() -> None:
     ttft0, token0 = unloaded_latency(perf, workload)
     ttft_slo, atgt_slo = 25 * ttft0, 2 * token0
     config = SimConfig(num_workers=args.workers, ttft_slo=ttft_slo, atgt_slo=atgt_slo, seed=args.seed)
-    result = ClusterSimulator(perf, config, AladdinPolicy(args.headroom)).run(workload.schedule(args.rate, args.requests))
+    result = ClusterSimulator(perf, config, named_policy("aladdin", args.headroom)).run(workload.schedule(args.rate, args.requests))
     atgt = np.nan_to_num(result.atgt, nan=0.0)
     miss = atgt > atgt_slo
     ratio = result.output_tokens / result.first_prediction

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from aladdin.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -65,6 +68,18 @@ def test_replay_unreachable_host_is_one_line(tmp_path):
     proc = run_cli("replay", "--host", f"http://127.0.0.1:{free_port_block(1)}", "-o", str(tmp_path / "run"))
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "cannot reach" in proc.stderr
+
+
+@pytest.mark.parametrize("driver", [["-m", "aladdin", "replay"], ["scripts/gpu/replay_direct.py"]])
+def test_replay_refuses_a_folder_that_holds_a_run(tmp_path, driver):
+    """Checked before the server is asked anything: the host here answers nothing."""
+    from aladdin.cluster import free_port_block
+
+    (tmp_path / "requests.jsonl").write_text("")
+    proc = subprocess.run([sys.executable, *driver, "--host", f"http://127.0.0.1:{free_port_block(1)}", "-o",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1
+    assert proc.stderr == f"Error: {tmp_path} already holds a run (requests.jsonl); choose another --output\n"
 
 
 @pytest.mark.parametrize("shape,layers,hidden", [("tiny", 2, 256), ("llama2-7b", 32, 4096), ("llama2-13b", 40, 5120)])

@@ -171,7 +171,7 @@ def test_variants_and_their_errors():
     assert labels == ["jsq", "aladdin(h=0)", "aladdin(h=0.05)", "aladdin-oracle(h=0)", "aladdin-oracle(h=0.05)"]
     with pytest.raises(AladdinError, match="unknown placement policy"):
         Variant("best-fit")
-    with pytest.raises(AladdinError, match="aladdin only"):
+    with pytest.raises(AladdinError, match="SLO-aware policies only"):
         Variant("jsq", headroom=0.1)
     with pytest.raises(AladdinError, match="attainment"):
         Planner([WorkerConfig("small", PERF, 1)], [Variant("jsq")], PlanConfig(1.0, 0.1, attainment=1.5),

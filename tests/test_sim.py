@@ -16,7 +16,6 @@ from aladdin.loadgen.datasets import RequestSpec
 from aladdin.loadgen.records import RequestRecord
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
-from aladdin.plugin.core.placement import AladdinPolicy
 from aladdin.plugin.core.predictor import PredictorConfig
 from aladdin.plugin.profile.io import ProfileMeta, save_profile
 from aladdin.plugin.sim.simulator import ClusterSimulator, SimConfig, simulate
@@ -215,15 +214,14 @@ def test_every_policy_streams_every_token_in_order():
 
 def test_rebalancing_repredicts_overrunning_requests():
     config = SimConfig(num_workers=2, predictor=PredictorConfig(default_output_tokens=10, min_samples=1000))
-    simulator = ClusterSimulator(PERF, config, AladdinPolicy())
+    simulator = ClusterSimulator(PERF, config)
     result = simulator.run(schedule([(0.0, 50, 100), (0.01, 50, 5)]))
     assert result.first_prediction.tolist() == [10, 10]
-    errors = simulator.rebalancer.errors
     worker = result.worker_ids[result.worker[0]]
     # 10 -> 15 -> 23 -> 35 -> 53 -> 80 -> 120: each overrun re-predicts half as much again
-    assert errors[worker].repredictions == 6
+    assert result.prediction_error_by_worker[worker]["repredictions"] == 6
     assert result.prediction_error_by_worker[worker]["finished"] >= 1
-    assert simulator.predictor.observed == 2
+    assert simulator.scheduler.predictor.observed == 2
 
 
 def test_oracle_lengths_predict_exactly_and_never_repredict():

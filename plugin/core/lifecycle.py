@@ -317,4 +317,5 @@ class Scheduler:
         return self.policy.evaluate(ev)
 
     def error_summary(self) -> dict[str, dict[str, float | int | None]]:
-        return {worker: errors.to_dict() for worker, errors in sorted(self.errors.items())}
+        return {worker: errors.to_dict() for worker, errors in sorted(self.errors.items())
+                if errors.finished or errors.repredictions}

@@ -33,7 +33,7 @@ from aladdin.loadgen.arrivals import make_offsets
 from aladdin.loadgen.datasets import RequestSpec
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.perfmodel import PerfModel
-from aladdin.plugin.core.placement import POLICIES, PlacementPolicy, make_policy
+from aladdin.plugin.core.policies import NAMED, PolicySpec, named_policy
 from aladdin.plugin.core.predictor import PredictorConfig
 from aladdin.plugin.sim.simulator import SimConfig, simulate
 
@@ -46,54 +46,59 @@ FCFS = "fcfs"  # one worker behind any baseline: every request goes to it, in ar
 
 @dataclass(frozen=True)
 class Variant:
-    """A placement policy as planned: a registry name plus aladdin's headroom and length source."""
+    """A placement policy as planned: a registry name plus, for the SLO-aware ones (aladdin,
+    aladdin-spread), a headroom and the length source."""
 
     policy: str
-    headroom: float = 0.0  # aladdin only
-    oracle_lengths: bool = False  # aladdin only: place with the true output lengths (the ceiling)
+    headroom: float = 0.0  # SLO-aware policies only
+    oracle_lengths: bool = False  # SLO-aware only: place with the true output lengths (the ceiling)
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise AladdinError(f"unknown placement policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
-        if self.policy != "aladdin" and (self.headroom or self.oracle_lengths):
-            raise AladdinError(f"headroom and oracle lengths apply to aladdin only, not {self.policy}")
+        if self.policy not in NAMED:
+            raise AladdinError(f"unknown placement policy {self.policy!r}; choose one of {', '.join(NAMED)}")
+        if not self.slo_aware and (self.headroom or self.oracle_lengths):
+            raise AladdinError(f"headroom and oracle lengths apply to the SLO-aware policies only, not {self.policy}")
         if not 0.0 <= self.headroom < 1.0:
             raise AladdinError(f"aladdin headroom must be in [0, 1), got {self.headroom}")
 
     @property
+    def slo_aware(self) -> bool:
+        return NAMED[self.policy].takes_headroom
+
+    @property
     def family(self) -> str:
         """What the best-per-policy summary groups by: headrooms of one family compete."""
-        return "aladdin-oracle" if self.oracle_lengths else self.policy
+        return f"{self.policy}-oracle" if self.oracle_lengths else self.policy
 
     @property
     def label(self) -> str:
-        return f"{self.family}(h={self.headroom:g})" if self.policy == "aladdin" else self.policy
+        return f"{self.family}(h={self.headroom:g})" if self.slo_aware else self.policy
 
     @property
     def single_worker(self) -> str:
         """Variants that behave identically on one worker share its rate search."""
-        return self.label if self.policy == "aladdin" else FCFS
+        return self.label if self.slo_aware else FCFS
 
-    def make(self, seed: int) -> PlacementPolicy:
-        options = {"aladdin": {"headroom": self.headroom}, "po2": {"seed": seed}}.get(self.policy, {})
-        return make_policy(self.policy, **options)
+    def make(self, seed: int) -> PolicySpec:
+        return named_policy(self.policy, self.headroom, seed)
 
 
 def variants_for(policies: Sequence[str], headrooms: Sequence[float], oracle: bool = False) -> list[Variant]:
     """Every policy once, aladdin once per headroom (and once more per headroom with oracle lengths)."""
     if not policies:
         raise AladdinError("no placement policy to plan for")
-    if "aladdin" in policies and not headrooms:
-        raise AladdinError("aladdin needs at least one headroom to try")
+    aware = [p for p in policies if p in NAMED and NAMED[p].takes_headroom]
+    if aware and not headrooms:
+        raise AladdinError(f"{aware[0]} needs at least one headroom to try")
     out: list[Variant] = []
     for policy in dict.fromkeys(policies):
-        if policy == "aladdin":
-            out += [Variant("aladdin", h) for h in dict.fromkeys(headrooms)]
+        if policy in aware:
+            out += [Variant(policy, h) for h in dict.fromkeys(headrooms)]
             if oracle:
-                out += [Variant("aladdin", h, oracle_lengths=True) for h in dict.fromkeys(headrooms)]
+                out += [Variant(policy, h, oracle_lengths=True) for h in dict.fromkeys(headrooms)]
         else:
             out.append(Variant(policy))
-    if oracle and "aladdin" not in policies:
+    if oracle and not aware:
         raise AladdinError("oracle lengths apply to aladdin; add it to the policies")
     return out
 
@@ -128,6 +133,7 @@ class PlanConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     split_phase: bool = False  # plan a prefill pool and a decode pool instead of colocated workers
     kv_transfer_s_per_token: float = 0.0  # split-phase: KV hand-off time per prompt token
+    queue: str = "fcfs"  # the central queue's order (fcfs or edf)
 
     def validate(self) -> None:
         for name, value in (("--ttft-slo", self.ttft_slo), ("--atgt-slo", self.atgt_slo)):
@@ -457,7 +463,7 @@ class Planner:
             num_workers=workers, policy=variant.policy, ttft_slo=config.ttft_slo, atgt_slo=config.atgt_slo,
             oracle_lengths=variant.oracle_lengths, predictor=config.predictor, seed=config.seed,
             gpus_per_worker=worker.gpus_per_worker, prefill_workers=prefill_workers,
-            kv_transfer_s_per_token=config.kv_transfer_s_per_token,
+            kv_transfer_s_per_token=config.kv_transfer_s_per_token, queue=config.queue,
         )
         started = time.perf_counter()
         result = simulate(self.workload.schedule(rate, count), worker.perf, sim_config, variant.make(config.seed))
@@ -513,7 +519,7 @@ class Planner:
         probes: dict[int, Probe] = {}
         # aladdin leaves surplus workers idle, and idle workers beyond the first never change its
         # choices: a run on n workers that used u < n is the run on u workers, and on any more.
-        shortcut = variant.policy == "aladdin"
+        shortcut = variant.policy == "aladdin"  # packing only: spreading uses every worker
 
         def run(n: int) -> Probe:
             if n not in probes:

@@ -129,8 +129,8 @@ class _Reader:
         if samples is not None and not isinstance(samples, dict):
             self.fail("samples must be an object")
         return PerfModel(
-            prefill=PrefillModel(*(self.number(prefill, key, "prefill.") for key in ("a", "q", "c"))),
-            decode=DecodeModel(*(self.number(decode, key, "decode.") for key in ("a", "b", "c"))),
+            prefill=PrefillModel(*(self.coefficient(prefill, key, "prefill.") for key in ("a", "q", "c"))),
+            decode=DecodeModel(*(self.coefficient(decode, key, "decode.") for key in ("a", "b", "c"))),
             kv=KVModel(block_size=block_size, capacity_tokens=capacity),
             max_num_seqs=self.positive_int(doc, "max_num_seqs"),
             max_batched_tokens=self.positive_int(doc, "max_batched_tokens"),
@@ -174,6 +174,14 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             self.fail(f"{where}{key} must be a finite number, got {value!r}")
         return float(value)
+
+    def coefficient(self, section: Mapping[str, Any], key: str, where: str = "") -> float:
+        """A model coefficient: time never shrinks with more work, so negatives are refused
+        (an unconstrained fit can produce them; the simulator would report negative ATGTs)."""
+        value = self.number(section, key, where)
+        if value < 0:
+            self.fail(f"{where}{key} must be >= 0 (seconds per unit of work), got {value!r}")
+        return value
 
     def positive_int(self, section: Mapping[str, Any], key: str, where: str = "") -> int:
         value = self.value(section, key, where)

@@ -15,8 +15,9 @@ import click
 from aladdin.clicommand import command
 from aladdin.errors import AladdinError
 from aladdin.loadgen.cli import workload_options, workload_schedule
+from aladdin.plugin.core.policies import POLICY_NAMES
+from aladdin.plugin.core.queue import QUEUE_ORDERS
 
-POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICIES, kept literal for a fast --help
 
 
 @command("simulate")
@@ -32,11 +33,15 @@ POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICI
               help="Split-phase: microseconds to move one prompt token's KV to the decode pool.")
 @click.option("--gpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
               help="GPUs of one worker; must match the profile's gpus_per_worker.")
-@click.option("--policy", type=click.Choice(POLICY_NAMES), default="aladdin", show_default=True)
+@click.option("--policy", default="aladdin", show_default=True,
+              help=f"A named policy ({', '.join(POLICY_NAMES)}), a spec such as "
+                   "'filters=seqs,kv,atgt-own,atgt,ttft;score=fill;pick=min', or a JSON file of one.")
+@click.option("--queue", "queue_order", type=click.Choice(QUEUE_ORDERS), default="fcfs", show_default=True,
+              help="Central queue order: arrival (fcfs) or earliest TTFT deadline (edf).")
 @click.option("--ttft-slo", type=float, default=None, help="TTFT SLO in seconds (default: none).")
 @click.option("--atgt-slo", type=float, default=None, help="ATGT SLO in seconds per token (default: none).")
-@click.option("--headroom", type=float, default=0.0, show_default=True,
-              help="aladdin: share of each worker's KV and ATGT budget kept free against prediction error.")
+@click.option("--headroom", type=float, default=None,
+              help="SLO-aware policies: share of each worker's KV and ATGT budget kept free against prediction error.")
 @click.option("--oracle-lengths", is_flag=True, help="Place with the true output lengths instead of predictions.")
 @click.option("--predictor-quantile", type=float, default=None,
               help="Predict this quantile of similar prompts' output lengths (default: their mean).")
@@ -44,16 +49,17 @@ POLICY_NAMES = ("aladdin", "jsq", "po2", "rr", "least-kv")  # = placement.POLICI
               help="Prediction before enough requests have finished.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
-def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, policy, ttft_slo,
+def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, policy, queue_order, ttft_slo,
              atgt_slo, headroom, oracle_lengths, predictor_quantile, default_output_tokens, output, label, **workload_flags):
     """Simulate a cluster of vLLM workers serving a workload under a placement policy."""
-    from aladdin.plugin.core.placement import make_policy
+    from aladdin.plugin.core.policies import parse_policy
     from aladdin.plugin.core.predictor import PredictorConfig
     from aladdin.plugin.profile.io import load_profile
     from aladdin.plugin.sim.simulator import ClusterSimulator, SimConfig
 
     workload, make_schedule = workload_schedule(workload_flags)
     seed = workload.seed
+    spec = parse_policy(policy, headroom, seed)
     if (output / "requests.jsonl").exists():
         raise AladdinError(f"{output} already holds a run (requests.jsonl); choose another --output")
     perf = load_profile(profile_path)
@@ -68,7 +74,9 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
         raise AladdinError(f"--predictor-quantile: {exc}") from None
     config = SimConfig(
         num_workers=workers,
-        policy=policy,
+        policy=spec.name,
+        headroom=spec.headroom,
+        queue=queue_order,
         ttft_slo=math.inf if ttft_slo is None else ttft_slo,
         atgt_slo=math.inf if atgt_slo is None else atgt_slo,
         oracle_lengths=oracle_lengths,
@@ -79,13 +87,11 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
         kv_transfer_s_per_token=kv_transfer_us_per_token * 1e-6,
     )
     config.validate()
-    options = {"aladdin": {"headroom": headroom}, "po2": {"seed": seed}}.get(policy, {})
-    placement = make_policy(policy, **options)
     schedule = make_schedule()
     pools = f"{prefill_workers} prefill + {workers} decode" if prefill_workers else str(workers)
     click.echo(f"simulating {len(schedule)} requests over {schedule[-1].offset:.1f}s on {pools} workers ({policy})",
                err=True)
-    result = ClusterSimulator(perf, config, placement).run(schedule)
+    result = ClusterSimulator(perf, config, spec).run(schedule)
     params = {
         "workload": asdict(workload),
         "profile": str(profile_path),
@@ -93,8 +99,9 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
         "prefill_workers": prefill_workers,
         "kv_transfer_s_per_token": config.kv_transfer_s_per_token,
         "gpus_per_worker": gpus_per_worker,
-        "policy": policy,
-        "headroom": headroom,
+        "policy": spec.name,
+        "policy_spec": spec.to_dict(),
+        "queue": queue_order,
         "ttft_slo": config.ttft_slo,
         "atgt_slo": config.atgt_slo,
         "oracle_lengths": oracle_lengths,

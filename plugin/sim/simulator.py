@@ -54,8 +54,6 @@ class SimConfig:
 
     num_workers: int
     policy: str = "aladdin"  # a registry name (core.policies); a composed PolicySpec goes to ClusterSimulator
-    headroom: float = 0.0  # of the named policy (its KV and ATGT filters)
-    queue: str = "fcfs"  # central queue order: fcfs or edf
     ttft_slo: float = math.inf  # seconds; inf: none
     atgt_slo: float = math.inf  # seconds per token; inf: none
     oracle_lengths: bool = False  # predictions are the true output lengths
@@ -68,6 +66,8 @@ class SimConfig:
     prefill_workers: int = 0
     kv_transfer_s_per_token: float = 0.0  # split-phase: KV hand-off time per context token
     error_feedback: bool = True  # per-worker prediction error inflates that worker's forecasts
+    headroom: float = 0.0  # of the named policy (its KV and ATGT filters)
+    queue: str = "fcfs"  # central queue order: fcfs or edf
 
     @property
     def split_phase(self) -> bool:

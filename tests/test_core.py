@@ -1,0 +1,260 @@
+"""The scheduler core: worker state by events, the pipeline's filters/scorers/picker, the queue
+and the lifecycle, with the bugs of the old placement code each pinned by a test."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from aladdin.errors import AladdinError
+from aladdin.plugin.core.lifecycle import Placement, Scheduler, SchedulerConfig, Shed
+from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+from aladdin.plugin.core.pipeline import Evaluation
+from aladdin.plugin.core.policies import NAMED, POLICY_NAMES, named_policy, parse_policy
+from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig
+from aladdin.plugin.core.request import Request
+
+PERF = PerfModel(
+    prefill=PrefillModel(a=1e-4, q=0.0, c=0.01),
+    decode=DecodeModel(a=1e-3, b=1e-6, c=0.01),
+    kv=KVModel(block_size=16, capacity_tokens=16 * 64),
+    max_num_seqs=4,
+    max_batched_tokens=512,
+)
+
+
+def scheduler(policy: str = "aladdin", workers: int = 2, perf: PerfModel = PERF, headroom: float = 0.0,
+              **config) -> Scheduler:
+    return Scheduler([(f"w{i}", perf) for i in range(workers)], named_policy(policy, headroom).build(),
+                     LengthPredictor(PredictorConfig(default_output_tokens=20)), SchedulerConfig(**config))
+
+
+def decoding(s: Scheduler, worker: str, rid: str, prompt: int, predicted: int, generated: int = 1,
+             now: float = 0.0, atgt_slo: float = math.inf, first_token: float | None = None) -> Request:
+    """A request placed on ``worker`` and decoding, with ``generated`` tokens out."""
+    request = Request(rid, prompt, now, atgt_slo=atgt_slo, predicted_output_tokens=predicted)
+    request.first_prediction = predicted
+    state = s.worker(worker)
+    state.place(request)
+    s.requests[rid] = request
+    state.start_decoding(request, generated, now if first_token is None else first_token)
+    return request
+
+
+def test_core_imports_no_cli_web_dataframe_or_engine_modules():
+    code = (
+        "import sys\n"
+        "import aladdin.plugin.core.lifecycle, aladdin.plugin.core.policies, aladdin.plugin.core.worker\n"
+        "print(sorted(m for m in ('click', 'pandas', 'aiohttp', 'vllm', 'torch') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_one_registry_of_policy_names_and_spec_parsing(tmp_path):
+    assert POLICY_NAMES == tuple(NAMED) and {"aladdin", "aladdin-spread", "jsq", "po2", "rr", "least-kv"} <= set(NAMED)
+    spec = parse_policy("filters=seqs,kv,atgt;score=fill:1,outstanding:0.5;pick=min;tie=random", seed=3)
+    assert spec.filters == ("seqs", "kv", "atgt") and dict(spec.scores) == {"fill": 1.0, "outstanding": 0.5}
+    assert spec.pick == "min" and spec.tie == "random" and spec.seed == 3 and spec.uses_predictions
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"name": "mine", "filters": ["seqs"], "score": {"outstanding": 1}}))
+    assert parse_policy(str(path)).name == "mine" and not parse_policy(str(path)).uses_predictions
+    for bad, message in (("nope", "unknown placement policy"), ("filters=zz;score=fill", "unknown filter"),
+                         ("score=fill;pick=up", "pick must be")):
+        with pytest.raises(AladdinError, match=message):
+            parse_policy(bad)
+    with pytest.raises(AladdinError, match="does not apply"):
+        named_policy("jsq", headroom=0.5)  # used to be ignored silently
+
+
+def test_baselines_pick_like_their_definitions():
+    s = scheduler("jsq", workers=3)
+    for rid, worker in (("a", "w1"), ("b", "w1"), ("c", "w2")):
+        decoding(s, worker, rid, 10, 5)
+    assert s.arrive(Request("n", 10, 0.0), 0.0) == [Placement(s.requests["n"], "w0")]
+    assert s.arrive(Request("m", 10, 0.0), 0.0)[0].worker == "w0"  # tie w0/w2 -> smallest id
+    rr = scheduler("rr", workers=3)
+    assert [rr.arrive(Request(f"r{i}", 10, 0.0), 0.0)[0].worker for i in range(4)] == ["w0", "w1", "w2", "w0"]
+    kv = scheduler("least-kv")
+    kv.report_kv("w0", 512)
+    kv.report_kv("w1", 256)
+    assert kv.arrive(Request("k", 10, 0.0), 0.0)[0].worker == "w1"
+
+
+def test_pack_takes_the_fullest_feasible_worker_and_spread_the_emptiest():
+    for policy, expected in (("aladdin", "w1"), ("aladdin-spread", "w0")):
+        s = scheduler(policy)
+        decoding(s, "w1", "a", 200, 100)
+        assert s.arrive(Request("n", 50, 0.0, predicted_output_tokens=20), 0.0)[0].worker == expected
+
+
+def test_kv_filter_uses_peak_with_growth_and_queues_when_nothing_fits():
+    s = scheduler(workers=1)
+    decoding(s, "w0", "a", 600, 300)  # holds 601 tokens now, 899 at its end
+    fit = s.evaluate(Request("n", 300, 0.0, predicted_output_tokens=100), 0.0)[0]
+    assert "kv" in fit.violates and fit.kv_fill == pytest.approx((700 + 399) / 1024)  # both at step 99
+    assert not s.evaluate(Request("m", 200, 0.0, predicted_output_tokens=100), 0.0)[0].violates
+    assert s.arrive(Request("n", 300, 0.0, predicted_output_tokens=100), 0.0) == []
+    assert len(s.queue) == 1
+    # a finish is a capacity change: the queue is retried
+    placed = s.finish("a", 300, 1.0)
+    assert [d.request.id for d in placed] == ["n"]
+
+
+def test_a_resident_already_missing_its_atgt_does_not_close_its_worker():
+    # Old bug (c): one resident predicted at 1.4x its ATGT budget refused every new ATGT request.
+    s = scheduler(workers=1)
+    decoding(s, "w0", "late", 10, 1000, generated=2, atgt_slo=0.011, first_token=-20.0)
+    s.worker("w0").advance(0, 0.0)
+    request = Request("n", 10, 0.0, atgt_slo=1.0, predicted_output_tokens=10)
+    assert s.evaluate(request, 0.0)[0].feasible
+    assert s.arrive(request, 0.0)[0].worker == "w0"
+
+
+def test_atgt_counts_the_time_since_observed_not_a_frozen_past():
+    # Old bug (d): with a cached (id, version) forecast the past stayed frozen at its first value.
+    s = scheduler(workers=1)
+    decoding(s, "w0", "a", 10, 100, generated=2, atgt_slo=0.1, first_token=0.0)
+    state = s.worker("w0")
+    request = Request("n", 10, 0.0, atgt_slo=10.0, predicted_output_tokens=5)
+    state.current_forecast()
+    state.advance(0, 5.0)
+    early = s.evaluate(request, 5.0)[0].atgt_fill
+    state.advance(0, 8.0)
+    late = s.evaluate(request, 8.0)[0].atgt_fill
+    assert late == pytest.approx(early + 3.0 / (99 * 0.1))  # 3 s more over its 99 tokens after the first
+
+
+def test_split_phase_request_counts_the_time_it_already_streamed():
+    # Old bug (f): after the hand-off, the new request's own ATGT ignored its past.
+    s = scheduler(workers=1)
+    fresh = Request("n", 10, 0.0, atgt_slo=0.1, predicted_output_tokens=10, generated_tokens=1,
+                    computed_tokens=10, first_token_time=0.0)
+    quick = s.evaluate(fresh, 0.01)[0].atgt_fill
+    stale = s.evaluate(replace(fresh), 0.5)[0].atgt_fill  # 0.5 s since its first token, 9 tokens to go
+    assert stale == pytest.approx(quick + 0.49 / 9 / 0.1)
+
+
+def test_exact_kv_check_runs_only_on_workers_still_in_the_running(monkeypatch):
+    # Old bug (g): the O(n^2) exact peak ran even on workers already ruled out.
+    calls = []
+    original = Evaluation.exact_peak
+    monkeypatch.setattr(Evaluation, "exact_peak", lambda self, row: calls.append(row) or original(self, row))
+    s = scheduler(workers=2)
+    for i in range(4):
+        decoding(s, "w0", f"full{i}", 200, 30)  # max_num_seqs reached: ruled out by the seqs filter
+    decoding(s, "w1", "half", 400, 100)
+    s.arrive(Request("n", 300, 0.0, predicted_output_tokens=190), 0.0)
+    assert 0 not in calls
+
+
+def test_advancing_the_clock_reads_the_same_forecast_as_rebuilding_it():
+    """The O(1) step shift must equal a forecast rebuilt from the advanced state."""
+    shifted, rebuilt = scheduler(workers=1), scheduler(workers=1)
+    lengths = [(30, 40, 3), (100, 25, 1), (50, 90, 10), (10, 12, 2)]
+    for i, (prompt, predicted, generated) in enumerate(lengths):
+        decoding(shifted, "w0", f"r{i}", prompt, predicted, generated, atgt_slo=0.05, first_token=0.0)
+        decoding(rebuilt, "w0", f"r{i}", prompt, predicted, generated + 7, atgt_slo=0.05, first_token=0.0)
+    shifted.worker("w0").current_forecast()  # built at step 0, then read 7 steps on
+    shifted.worker("w0").advance(7, 0.3)
+    rebuilt.worker("w0").advance(0, 0.3)
+    request = Request("n", 40, 0.0, ttft_slo=1.0, atgt_slo=0.05, predicted_output_tokens=20)
+    a, b = shifted.evaluate(request, 0.3)[0], rebuilt.evaluate(request, 0.3)[0]
+    assert a.kv_fill == pytest.approx(b.kv_fill)
+    assert a.atgt_fill == pytest.approx(b.atgt_fill)
+    assert a.ttft == pytest.approx(b.ttft)
+
+
+def test_ttft_only_violations_never_queue_and_edf_serves_the_earliest_deadline_first():
+    s = scheduler(workers=1, queue="edf")
+    for i in range(4):
+        decoding(s, "w0", f"r{i}", 10, 50)
+    loose = Request("loose", 10, 0.0, ttft_slo=100.0)
+    tight = Request("tight", 10, 0.5, ttft_slo=1.0)
+    assert s.arrive(loose, 0.0) == [] and s.arrive(tight, 0.5) == []  # max_num_seqs: both queue
+    assert [r.id for r in s.queue] == ["tight", "loose"]
+    placed = s.finish("r0", 50, 0.6)
+    assert [d.request.id for d in placed] == ["tight"]
+    # a TTFT SLO no worker can meet now does not hold a request back when it is the only problem
+    t = scheduler(workers=1)
+    hurried = Request("h", 300, 0.0, ttft_slo=0.06, predicted_output_tokens=5)
+    decoding(t, "w0", "busy", 100, 100)
+    t.worker("w0").place(Request("queued-prompt", 300, 0.0, predicted_output_tokens=1))
+    assert t.evaluate(hurried, 0.0)[0].violates == {"ttft"}
+    assert t.arrive(hurried, 0.0)[0].worker == "w0"
+
+
+def test_a_request_whose_ttft_is_lost_is_placed_best_effort_or_shed():
+    for rule in ("best-effort", "shed"):
+        s = scheduler(workers=1, lost_ttft=rule)
+        decoding(s, "w0", "big", 600, 300)
+        request = Request("n", 400, 0.0, ttft_slo=0.5, atgt_slo=1.0, predicted_output_tokens=100)
+        assert s.arrive(request, 0.0) == []  # KV: queued
+        decisions = s.started("big", 2, 5.0)  # a capacity change after its TTFT is gone
+        if rule == "shed":
+            assert decisions == [Shed(request)] and not len(s.queue)
+        else:
+            assert decisions == [] and len(s.queue) == 1  # still no KV room: waits at the head
+            assert [d.request.id for d in s.finish("big", 300, 6.0)] == ["n"]
+
+
+def test_overruns_are_repredicted_and_worker_error_inflates_its_forecast():
+    s = scheduler(workers=1)
+    request = decoding(s, "w0", "a", 10, 5, generated=1)
+    assert s.worker("w0").next_overrun() == 4
+    s.advance("w0", 4, 1.0)
+    assert request.predicted_output_tokens > 5 and request.repredictions == 1
+    s.finish("a", 9, 1.1)
+    errors = s.error_summary()["w0"]
+    assert errors["finished"] == 1 and errors["repredictions"] == 1 and errors["error_sum"] == 4
+    for i in range(20):  # this worker's requests keep running 1.5x longer than predicted
+        r = decoding(s, "w0", f"x{i}", 10, 20, first_token=1.0)
+        r.first_prediction = 20
+        s.finish(f"x{i}", 30, 2.0)
+    assert s.worker("w0").length_inflation > 1.3
+
+
+def test_bad_requests_and_workers_are_one_line_errors():
+    for kwargs, message in (({"prompt_tokens": 0}, "prompt_tokens"), ({"atgt_slo": 0.0}, "atgt_slo"),
+                            ({"ttft_slo": float("nan")}, "ttft_slo")):
+        with pytest.raises(AladdinError, match=message):
+            Request(**{"id": "x", "prompt_tokens": 5, "arrival_time": 0.0, **kwargs})
+    with pytest.raises(AladdinError, match="unique"):
+        Scheduler([("w", PERF), ("w", PERF)], NAMED["jsq"].build())
+    with pytest.raises(AladdinError, match="queue order"):
+        SchedulerConfig(queue="lifo")
+
+
+def test_profile_with_negative_coefficients_is_refused(tmp_path):
+    from aladdin.plugin.profile.io import ProfileMeta, load_profile, save_profile
+
+    path = save_profile(tmp_path / "p.json", PERF, ProfileMeta("m", "h", 1, "0.32.0", "test"))
+    doc = json.loads(path.read_text())
+    doc["decode"]["c"] = -0.05
+    path.write_text(json.dumps(doc))
+    with pytest.raises(AladdinError, match=r"decode\.c must be >= 0"):
+        load_profile(path)
+
+
+def test_many_workers_evaluate_like_each_alone():
+    rng = np.random.default_rng(1)
+    cluster = scheduler(workers=4)
+    alone = [scheduler(workers=1) for _ in range(4)]
+    for w in range(4):
+        for j in range(3):
+            prompt, predicted = int(rng.integers(5, 200)), int(rng.integers(5, 100))
+            decoding(cluster, f"w{w}", f"r{w}{j}", prompt, predicted, atgt_slo=0.05, first_token=0.0)
+            decoding(alone[w], "w0", f"r{w}{j}", prompt, predicted, atgt_slo=0.05, first_token=0.0)
+    request = Request("n", 60, 0.0, ttft_slo=1.0, atgt_slo=0.05, predicted_output_tokens=30)
+    together = cluster.evaluate(request, 0.1)
+    for w in range(4):
+        single = alone[w].evaluate(request, 0.1)[0]
+        assert together[w].kv_fill == pytest.approx(single.kv_fill)
+        assert together[w].atgt_fill == pytest.approx(single.atgt_fill)
+        assert together[w].violates == single.violates
