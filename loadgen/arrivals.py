@@ -15,8 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from aladdin.errors import AladdinError
-
-ARRIVAL_KINDS = ("poisson", "gamma", "constant", "trace")
+from aladdin.loadgen.workload import ARRIVAL_KINDS
 
 
 def _check_count(n: int) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from aladdin.clicommand import command
 from aladdin.errors import AladdinError
+from aladdin.loadgen.workload import ARRIVAL_KINDS, DATASETS, WorkloadConfig
 
 
 def _len_range(text: str) -> tuple[int, int]:
@@ -23,24 +25,33 @@ def _len_range(text: str) -> tuple[int, int]:
     return lo_i, hi_i
 
 
+def _len_text(lengths: tuple[int, int]) -> str:
+    lo, hi = lengths
+    return str(lo) if lo == hi else f"{lo}:{hi}"
+
+
+# Choices and defaults come from loadgen.workload, which imports nothing heavy: --help stays fast.
 WORKLOAD_OPTIONS = (
-    click.option("--dataset", type=click.Choice(["sharegpt", "synthetic", "trace"]), default="sharegpt", show_default=True),
+    click.option("--dataset", type=click.Choice(DATASETS), default=WorkloadConfig.dataset, show_default=True),
     click.option("--dataset-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="ShareGPT-format JSON or a trace (Azure CSV, Mooncake JSONL). Default: packaged ShareGPT V3."),
-    click.option("--num-requests", "-n", type=int, default=100, show_default=True),
-    click.option("--arrival", type=click.Choice(["poisson", "gamma", "constant", "trace"]), default="poisson",
-                 show_default=True),
-    click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second."),
-    click.option("--cv", type=float, default=1.0, show_default=True, help="Gamma arrivals: CV of inter-arrival times."),
-    click.option("--seed", type=int, default=0, show_default=True),
-    click.option("--time-scale", type=float, default=1.0, show_default=True, help="Multiply trace timestamps by this."),
-    click.option("--min-prompt-tokens", type=int, default=4, show_default=True),
-    click.option("--max-prompt-tokens", type=int, default=1024, show_default=True),
-    click.option("--min-output-tokens", type=int, default=4, show_default=True),
-    click.option("--max-output-tokens", type=int, default=1024, show_default=True),
-    click.option("--max-total-tokens", type=int, default=2048, show_default=True),
-    click.option("--prompt-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform)."),
-    click.option("--output-tokens", default="128", show_default=True, help="Synthetic: N or LO:HI (uniform)."),
+    click.option("--num-requests", "-n", type=int, default=WorkloadConfig.num_requests, show_default=True),
+    click.option("--arrival", type=click.Choice(ARRIVAL_KINDS), default=WorkloadConfig.arrival, show_default=True),
+    click.option("--rate", type=float, default=WorkloadConfig.rate, show_default=True, help="Requests per second."),
+    click.option("--cv", type=float, default=WorkloadConfig.cv, show_default=True,
+                 help="Gamma arrivals: CV of inter-arrival times."),
+    click.option("--seed", type=int, default=WorkloadConfig.seed, show_default=True),
+    click.option("--time-scale", type=float, default=WorkloadConfig.time_scale, show_default=True,
+                 help="Multiply trace timestamps by this."),
+    click.option("--min-prompt-tokens", type=int, default=WorkloadConfig.min_prompt_tokens, show_default=True),
+    click.option("--max-prompt-tokens", type=int, default=WorkloadConfig.max_prompt_tokens, show_default=True),
+    click.option("--min-output-tokens", type=int, default=WorkloadConfig.min_output_tokens, show_default=True),
+    click.option("--max-output-tokens", type=int, default=WorkloadConfig.max_output_tokens, show_default=True),
+    click.option("--max-total-tokens", type=int, default=WorkloadConfig.max_total_tokens, show_default=True),
+    click.option("--prompt-tokens", default=_len_text(WorkloadConfig.prompt_tokens), show_default=True,
+                 help="Synthetic: N or LO:HI (uniform)."),
+    click.option("--output-tokens", default=_len_text(WorkloadConfig.output_tokens), show_default=True,
+                 help="Synthetic: N or LO:HI (uniform)."),
     click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None,
                  help="Model folder whose tokenizer counts tokens (default: the tiny model)."),
 )
@@ -57,7 +68,7 @@ def workload_options(fn):
 def workload_schedule(options: dict):
     """Pop the workload flags out of a command's ``options``: (WorkloadConfig, schedule)."""
     from aladdin.loadgen.datasets import load_tokenizer
-    from aladdin.loadgen.schedule import WorkloadConfig, build_schedule
+    from aladdin.loadgen.schedule import build_schedule
     from aladdin.modeldir import default_model_dir
 
     path = options.pop("dataset_path")
@@ -74,7 +85,7 @@ def workload_schedule(options: dict):
     return workload, lambda: build_schedule(workload, load_tokenizer(tokenizer or default_model_dir("tiny")))
 
 
-@click.command("replay")
+@command("replay")
 @click.option("--host", required=True, help="Base URL of an OpenAI-compatible server or router.")
 @workload_options
 @click.option("--api", type=click.Choice(["completions", "chat"]), default="completions", show_default=True)
@@ -87,13 +98,13 @@ def workload_schedule(options: dict):
 def replay(host, api, model, request_timeout, processes, output, label, locust_stats, **workload_flags):
     """Replay a dataset or trace open-loop against HOST and record every token's arrival."""
     from aladdin.loadgen.client import served_models
+    from aladdin.loadgen.records import refuse_existing_run
     from aladdin.loadgen.schedule import save_schedule
 
     workload, make_schedule = workload_schedule(workload_flags)
     if processes < 1:
         raise AladdinError(f"--processes must be at least 1, got {processes}")
-    if (output / "requests.jsonl").exists():
-        raise AladdinError(f"{output} already holds a run (requests.jsonl); choose another --output")
+    refuse_existing_run(output)
     try:
         models = served_models(host)
     except ConnectionError as exc:

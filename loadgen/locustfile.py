@@ -16,7 +16,8 @@ from locust import User, constant, events, task
 
 from aladdin.loadgen.client import API_PATHS, Endpoint, served_models
 from aladdin.loadgen.replay import ReplaySession
-from aladdin.loadgen.schedule import ARRIVALS, DATASETS, WorkloadConfig, build_schedule, load_schedule
+from aladdin.loadgen.schedule import build_schedule, load_schedule
+from aladdin.loadgen.workload import ARRIVAL_KINDS, DATASETS, WorkloadConfig
 
 _session: ReplaySession | None = None
 
@@ -25,14 +26,14 @@ _session: ReplaySession | None = None
 def _add_arguments(parser) -> None:
     group = parser.add_argument_group("aladdin replay", "Open-loop trace replay (the arrival process is ours, not Locust's users)")
     group.add_argument("--schedule", default=None, help="A prepared schedule.jsonl (from 'aladdin replay'); overrides the workload flags")
-    group.add_argument("--dataset", choices=DATASETS, default="sharegpt")
+    group.add_argument("--dataset", choices=DATASETS, default=WorkloadConfig.dataset)
     group.add_argument("--dataset-path", default=None)
-    group.add_argument("--num-requests", type=int, default=100)
-    group.add_argument("--arrival", choices=ARRIVALS, default="poisson")
-    group.add_argument("--rate", type=float, default=1.0, help="requests/s")
-    group.add_argument("--cv", type=float, default=1.0, help="gamma arrivals: coefficient of variation")
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--time-scale", type=float, default=1.0)
+    group.add_argument("--num-requests", type=int, default=WorkloadConfig.num_requests)
+    group.add_argument("--arrival", choices=ARRIVAL_KINDS, default=WorkloadConfig.arrival)
+    group.add_argument("--rate", type=float, default=WorkloadConfig.rate, help="requests/s")
+    group.add_argument("--cv", type=float, default=WorkloadConfig.cv, help="gamma arrivals: coefficient of variation")
+    group.add_argument("--seed", type=int, default=WorkloadConfig.seed)
+    group.add_argument("--time-scale", type=float, default=WorkloadConfig.time_scale)
     group.add_argument("--tokenizer", default=None, help="model folder whose tokenizer counts tokens (default: the tiny model)")
     group.add_argument("--api", choices=sorted(API_PATHS), default="completions")
     group.add_argument("--model", default=None, help="model name (default: the server's first)")

@@ -3,7 +3,9 @@
 One JSON object per line in ``requests.jsonl``, appended and flushed as each request
 finishes, so a killed run keeps everything already finished. All times are seconds on one
 monotonic clock, relative to the run's start (``run.json``'s ``start_epoch``).
-Bump ``SCHEMA_VERSION`` on any incompatible change; readers refuse versions they don't know.
+Bump ``SCHEMA_VERSION`` (a record) or ``RUN_SCHEMA_VERSION`` (``run.json``) on any incompatible
+change; readers refuse versions they don't know. This module imports no gevent, so the
+simulator can write its run folders with the same constants and checks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-SCHEMA_VERSION = 1
+from aladdin.errors import AladdinError
+
+SCHEMA_VERSION = 1  # one line of requests.jsonl
+RUN_SCHEMA_VERSION = 1  # run.json, written by replays and simulations
 
 OK, ERROR, TIMEOUT = "ok", "error", "timeout"
 
@@ -44,6 +49,12 @@ class RequestRecord:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+
+def refuse_existing_run(folder: str | Path) -> None:
+    """Refuse a run folder that already holds a run: its requests.jsonl would be appended to."""
+    if (Path(folder) / "requests.jsonl").exists():
+        raise AladdinError(f"{folder} already holds a run (requests.jsonl); choose another --output")
 
 
 class RecordWriter:

@@ -25,12 +25,11 @@ import gevent
 import aladdin
 from aladdin.loadgen.client import Endpoint, RunClock, StreamingClient
 from aladdin.loadgen.dispatcher import Dispatcher, DispatchStats, percentiles_ms
-from aladdin.loadgen.records import OK, RecordWriter, RequestRecord
+from aladdin.loadgen.records import OK, RUN_SCHEMA_VERSION, RecordWriter, RequestRecord
 from aladdin.loadgen.schedule import ScheduledRequest, schedule_from_jsonable, schedule_to_jsonable, shard
 
 log = logging.getLogger("aladdin.replay")
 
-RUN_SCHEMA_VERSION = 1
 MSG_SHARD, MSG_RECORDS, MSG_DONE = "aladdin_shard", "aladdin_records", "aladdin_done"
 LAG_WARN_MS = 5.0  # dispatch or loop lag p99 above this: the client was the bottleneck
 RATE_WARN = 0.02  # achieved vs scheduled rate off by more than this

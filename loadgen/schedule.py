@@ -7,15 +7,13 @@ list a run replays; the CLI, the plain locustfile's master and the simulator all
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aladdin.errors import AladdinError
 from aladdin.loadgen import arrivals, datasets
 from aladdin.loadgen.datasets import RequestSpec
-
-DATASETS = ("sharegpt", "synthetic", "trace")
-ARRIVALS = ("poisson", "gamma", "constant", "trace")
+from aladdin.loadgen.workload import WorkloadConfig
 
 
 @dataclass(frozen=True)
@@ -25,46 +23,6 @@ class ScheduledRequest:
     id: str
     offset: float
     spec: RequestSpec
-
-
-@dataclass
-class WorkloadConfig:
-    """What to send and when. Everything needed to rebuild the exact same schedule."""
-
-    dataset: str = "sharegpt"
-    dataset_path: str | None = None  # ShareGPT-format file or trace file; default: packaged ShareGPT
-    num_requests: int = 100
-    arrival: str = "poisson"
-    rate: float | None = 1.0  # requests/s (not used by arrival=trace)
-    cv: float = 1.0  # gamma burstiness: coefficient of variation of inter-arrival times
-    seed: int = 0
-    time_scale: float = 1.0  # trace timestamps are multiplied by this
-    min_prompt_tokens: int = 4
-    max_prompt_tokens: int = 1024
-    min_output_tokens: int = 4
-    max_output_tokens: int = 1024
-    max_total_tokens: int = 2048
-    prompt_tokens: tuple[int, int] = (128, 128)  # synthetic: (lo, hi) uniform, lo == hi fixed
-    output_tokens: tuple[int, int] = (128, 128)
-    extra: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise AladdinError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.arrival not in ARRIVALS:
-            raise AladdinError(f"unknown arrival process {self.arrival!r}; choose one of {', '.join(ARRIVALS)}")
-        if self.num_requests < 1:
-            raise AladdinError(f"--num-requests must be at least 1, got {self.num_requests}")
-        if self.arrival != "trace" and (self.rate is None or not self.rate > 0):
-            raise AladdinError(f"--rate must be > 0 requests/s, got {self.rate}")
-        if self.arrival == "gamma" and not self.cv > 0:
-            raise AladdinError(f"--cv must be > 0, got {self.cv}")
-        if self.arrival == "trace" and self.dataset != "trace":
-            raise AladdinError("--arrival trace needs --dataset trace (timestamps come from the trace file)")
-        if self.dataset == "trace" and not self.dataset_path:
-            raise AladdinError("--dataset trace needs --dataset-path FILE")
-        if not self.time_scale > 0:
-            raise AladdinError(f"--time-scale must be > 0, got {self.time_scale}")
 
 
 def load_specs(config: WorkloadConfig, tokenizer) -> list[RequestSpec]:

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import click
 
+from aladdin.clicommand import command
 from aladdin.loadgen.cli import workload_options, workload_schedule
 
 
-@click.command()
+@command()
 @click.option("--host", required=True, help="Base URL of an OpenAI-compatible server.")
 @workload_options
 @click.option("--api", type=click.Choice(["completions", "chat"]), default="completions", show_default=True)
@@ -46,13 +47,12 @@ def main(host, api, model, request_timeout, lead_time, output, label, **workload
 
     from aladdin.loadgen.client import Endpoint, RunClock, StreamingClient, served_models
     from aladdin.loadgen.dispatcher import Dispatcher
-    from aladdin.loadgen.records import RecordWriter
-    from aladdin.loadgen.replay import RUN_SCHEMA_VERSION, RunTally, print_summary, summarize, versions
+    from aladdin.loadgen.records import RUN_SCHEMA_VERSION, RecordWriter, refuse_existing_run
+    from aladdin.loadgen.replay import RunTally, print_summary, summarize, versions
     from aladdin.loadgen.schedule import save_schedule
 
     workload, make_schedule = workload_schedule(workload_flags)
-    if (output / "requests.jsonl").exists():
-        raise click.ClickException(f"{output} already holds a run (requests.jsonl)")
+    refuse_existing_run(output)
     if model is None:
         models = served_models(host)
         if not models:
