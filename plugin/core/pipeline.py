@@ -61,8 +61,9 @@ class Evaluation:
     its wait so far adds to the front-end time instead of covering it.
     """
 
-    def __init__(self, pool: WorkerPool, request: Request, now: float, generated: int, frontend_paid: bool):
-        pool.sync()
+    def __init__(self, pool: WorkerPool, request: Request, now: float, generated: int, frontend_paid: bool,
+                 forecasts: bool = True):
+        pool.sync(forecasts)
         self.pool = pool
         self.request = request
         self.now = now

@@ -119,8 +119,7 @@ class WorkerState:
         """KV in use now: as reported, else the block-rounded contexts of admitted requests."""
         if self.kv_tokens_reported is not None:
             return self.kv_tokens_reported
-        contexts = [r.prompt_tokens + self.generated(r) for r in self.requests.values() if r.computed_tokens or r.id in self._base]
-        return self.perf.kv.tokens_held(contexts) if contexts else 0
+        return self.decoding_context  # unreported: the decoding contexts (not block-rounded)
 
     def next_overrun(self) -> int | None:
         """The step at which the next decoding request reaches its prediction, if any."""
@@ -446,9 +445,9 @@ class WorkerPool:
             if forecast is not None:
                 self._write(worker.index, forecast)
 
-    def sync(self) -> None:
+    def sync(self, forecasts: bool = True) -> None:
         """Refresh the rows of the workers that changed since the last decision; rebuild their
-        forecasts where requests or predictions changed."""
+        forecasts where requests or predictions changed (unless the policy reads none)."""
         if not self.touched:
             return
         columns = [self.scalar(name) for name in (
@@ -460,6 +459,8 @@ class WorkerPool:
                 w.prefill_work_ahead, w.kv_tokens_held(),
             )):
                 column[index] = value
+            if not forecasts:
+                continue
             forecast = w.current_forecast()
             if forecast is self._stamp[w.index]:
                 continue
@@ -474,7 +475,8 @@ class WorkerPool:
                 self._allocate(steps, grow(forecast.remaining.size, self.request_width), max(1, (steps + 1).bit_length()))
             else:
                 self._write(w.index, forecast)
-        self.touched.clear()
+        if forecasts:
+            self.touched.clear()
 
     def _write(self, row: int, forecast: Forecast) -> None:
         end = forecast.horizon + 1

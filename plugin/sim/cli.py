@@ -19,7 +19,6 @@ from aladdin.plugin.core.policies import POLICY_NAMES
 from aladdin.plugin.core.queue import QUEUE_ORDERS
 
 
-
 @command("simulate")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Worker profile (JSON from 'aladdin profile') whose models time every iteration.")
