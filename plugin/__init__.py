@@ -1,2 +1,3 @@
-"""The scheduler: performance models, output-length predictor, placement policies,
-simulator, planner, router and in-engine vLLM plugin."""
+"""The scheduler: the core (models, predictor, worker state, policy pipeline, queue, lifecycle),
+the simulator, the planner and the profiler; the router and the in-engine vLLM plugin drive the
+same core."""
