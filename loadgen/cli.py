@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -67,22 +68,20 @@ def workload_options(fn):
 
 def workload_schedule(options: dict):
     """Pop the workload flags out of a command's ``options``: (WorkloadConfig, schedule)."""
-    from aladdin.loadgen.datasets import load_tokenizer
-    from aladdin.loadgen.schedule import build_schedule
-    from aladdin.modeldir import default_model_dir
+    from aladdin.loadgen.schedule import build_schedule, workload_tokenizer
 
-    path = options.pop("dataset_path")
-    tokenizer = options.pop("tokenizer")
+    path, tokenizer = options.pop("dataset_path"), options.pop("tokenizer")
     names = ("dataset", "num_requests", "arrival", "rate", "cv", "seed", "time_scale", "min_prompt_tokens",
              "max_prompt_tokens", "min_output_tokens", "max_output_tokens", "max_total_tokens")
     workload = WorkloadConfig(
         dataset_path=str(path) if path else None,
+        tokenizer=str(tokenizer) if tokenizer else None,
         prompt_tokens=_len_range(options.pop("prompt_tokens")),
         output_tokens=_len_range(options.pop("output_tokens")),
         **{name: options.pop(name) for name in names},
     )
     workload.validate()
-    return workload, lambda: build_schedule(workload, load_tokenizer(tokenizer or default_model_dir("tiny")))
+    return workload, lambda: build_schedule(workload, workload_tokenizer(workload))
 
 
 @command("replay")
@@ -155,12 +154,8 @@ def run_locust(*, host, schedule_file, output, model, api, request_timeout, proc
         sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--headless", "-u", "1", "-r", "1",
         "--host", host, "--schedule", str(schedule_file), "--output", str(output), "--model", model,
         "--api", api, "--request-timeout", str(request_timeout), "--exit-code-on-error", "0",
-        "--dataset", workload.dataset, "--num-requests", str(workload.num_requests), "--arrival", workload.arrival,
-        "--rate", str(workload.rate), "--cv", str(workload.cv), "--seed", str(workload.seed),
-        "--time-scale", str(workload.time_scale), "--loglevel", "WARNING",
+        "--workload", json.dumps(asdict(workload)), "--loglevel", "WARNING",
     ]
-    if workload.dataset_path:
-        args += ["--dataset-path", workload.dataset_path]
     if label:
         args += ["--label", label]
     if processes > 1:

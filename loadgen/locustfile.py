@@ -10,13 +10,15 @@ replay`` runs this file for you after validating its input.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 from locust import User, constant, events, task
 
 from aladdin.loadgen.client import API_PATHS, Endpoint, served_models
 from aladdin.loadgen.replay import ReplaySession
-from aladdin.loadgen.schedule import build_schedule, load_schedule
+from aladdin.loadgen.schedule import build_schedule, load_schedule, workload_tokenizer
 from aladdin.loadgen.workload import ARRIVAL_KINDS, DATASETS, WorkloadConfig
 
 _session: ReplaySession | None = None
@@ -26,6 +28,9 @@ _session: ReplaySession | None = None
 def _add_arguments(parser) -> None:
     group = parser.add_argument_group("aladdin replay", "Open-loop trace replay (the arrival process is ours, not Locust's users)")
     group.add_argument("--schedule", default=None, help="A prepared schedule.jsonl (from 'aladdin replay'); overrides the workload flags")
+    group.add_argument("--workload", default=None,
+                       help="The whole WorkloadConfig as JSON (from 'aladdin replay'): recorded in run.json, and it "
+                            "overrides the workload flags")
     group.add_argument("--dataset", choices=DATASETS, default=WorkloadConfig.dataset)
     group.add_argument("--dataset-path", default=None)
     group.add_argument("--num-requests", type=int, default=WorkloadConfig.num_requests)
@@ -44,20 +49,21 @@ def _add_arguments(parser) -> None:
 
 
 def _workload(opts) -> WorkloadConfig:
+    """The workload ``aladdin replay`` built, whole; else the subset these flags describe."""
+    if opts.workload:
+        return WorkloadConfig.from_jsonable(json.loads(opts.workload))
     return WorkloadConfig(
         dataset=opts.dataset, dataset_path=opts.dataset_path, num_requests=opts.num_requests,
         arrival=opts.arrival, rate=opts.rate, cv=opts.cv, seed=opts.seed, time_scale=opts.time_scale,
+        tokenizer=opts.tokenizer,
     )
 
 
-def _load_schedule(opts):
+def _load_schedule(opts, workload: WorkloadConfig):
     def load():
         if opts.schedule:
             return load_schedule(opts.schedule)
-        from aladdin.loadgen.datasets import load_tokenizer
-        from aladdin.modeldir import default_model_dir
-
-        return build_schedule(_workload(opts), load_tokenizer(opts.tokenizer or default_model_dir("tiny")))
+        return build_schedule(workload, workload_tokenizer(workload))
 
     return load
 
@@ -84,9 +90,10 @@ def _on_init(environment, **_kw) -> None:
             raise SystemExit(f"aladdin replay: {host} serves no models")
         model = models[0]
     endpoint = Endpoint(base_url=host, model=model or "", api=opts.api, timeout_s=opts.request_timeout)
-    params = {"workload": vars(_workload(opts)), "schedule_file": opts.schedule, "label": opts.label}
+    workload = _workload(opts)
+    params = {"workload": asdict(workload), "schedule_file": opts.schedule, "label": opts.label}
     output = Path(opts.output) if opts.output and not is_worker else None
-    _session = ReplaySession(environment, _load_schedule(opts), endpoint, output, params, opts.lead_time)
+    _session = ReplaySession(environment, _load_schedule(opts, workload), endpoint, output, params, opts.lead_time)
     _session.register()
 
 

@@ -48,6 +48,13 @@ def load_specs(config: WorkloadConfig, tokenizer) -> list[RequestSpec]:
     )
 
 
+def workload_tokenizer(config: WorkloadConfig):
+    """The tokenizer that counts the workload's tokens: its ``tokenizer`` folder, else the tiny model's."""
+    from aladdin.modeldir import default_model_dir
+
+    return datasets.load_tokenizer(config.tokenizer or default_model_dir("tiny"))
+
+
 def build_schedule(config: WorkloadConfig, tokenizer) -> list[ScheduledRequest]:
     config.validate()
     specs = load_specs(config, tokenizer)

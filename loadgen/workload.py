@@ -51,7 +51,13 @@ class WorkloadConfig:
     max_total_tokens: int = LengthLimits.max_total_tokens
     prompt_tokens: tuple[int, int] = (128, 128)  # synthetic: (lo, hi) uniform, lo == hi fixed
     output_tokens: tuple[int, int] = (128, 128)
+    tokenizer: str | None = None  # model folder whose tokenizer counts tokens; default: the tiny model
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_jsonable(cls, data: dict) -> WorkloadConfig:
+        """The config back from ``asdict`` after a JSON round trip (run.json, the Locust child's flag)."""
+        return cls(**{**data, "prompt_tokens": tuple(data["prompt_tokens"]), "output_tokens": tuple(data["output_tokens"])})
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:

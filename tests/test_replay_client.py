@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,52 @@ def test_two_locust_processes_share_one_schedule(fake_server, tmp_path):
         assert rec["chunk_times"][0] - rec["sent"] >= 0.019  # the server's 20 ms TTFT (its timer may fire 1 ms early)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["locust_role"] == "master" and run["locust_workers"] == 2
+
+
+TRACE = str(ROOT / "tests" / "data" / "azure_sample.csv")
+# Every workload flag of `aladdin replay`: a value other than its default, and what run.json must record.
+WORKLOAD_FLAGS = {
+    "dataset": ("trace", "trace"),
+    "dataset_path": (TRACE, TRACE),
+    "num_requests": ("4", 4),
+    "arrival": ("trace", "trace"),
+    "rate": ("3.5", 3.5),
+    "cv": ("2.5", 2.5),
+    "seed": ("7", 7),
+    "time_scale": ("0.01", 0.01),
+    "min_prompt_tokens": ("10", 10),
+    "max_prompt_tokens": ("900", 900),
+    "min_output_tokens": ("6", 6),
+    "max_output_tokens": ("64", 64),
+    "max_total_tokens": ("1000", 1000),
+    "prompt_tokens": ("16:32", [16, 32]),
+    "output_tokens": ("8", [8, 8]),
+}
+
+
+def test_run_json_records_every_workload_flag(fake_server, tmp_path, tiny_model_dir):
+    """Provenance: run.json's params.workload is the workload the flags asked for, field by field.
+
+    Against the fake server, on purpose: the point is what the replayer records, not a model server.
+    """
+    import click
+
+    from aladdin.loadgen.cli import workload_options
+    from aladdin.loadgen.workload import WorkloadConfig
+
+    wanted = {**WORKLOAD_FLAGS, "tokenizer": (str(tiny_model_dir), str(tiny_model_dir))}
+    params = click.command()(workload_options(lambda **_: None)).params
+    assert {p.name for p in params} == set(wanted), "a new workload flag needs a value here"
+    flags = [arg for p in params for arg in (p.opts[0], wanted[p.name][0])]
+    url = fake_server(tbt=0.0005)
+    proc = replay(url, tmp_path / "run", *flags)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["params"]["workload"]
+    default = json.loads(json.dumps(asdict(WorkloadConfig())))
+    for name, (_, value) in wanted.items():
+        assert value != default[name], f"{name}: the test must give a value other than the default"
+        assert recorded[name] == value, name
+    assert len(list(iter_records(tmp_path / "run" / "requests.jsonl"))) == 4
 
 
 @pytest.mark.parametrize(
