@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from aladdin.clicommand import group
 from aladdin import __version__
+from aladdin.clicommand import group
 
 
 @group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -164,9 +164,9 @@ def _register_subcommands() -> None:
     from aladdin.analysis.cli import analyze
     from aladdin.demo import demo
     from aladdin.loadgen.cli import replay
-    from aladdin.plugin.sim.cli import simulate
     from aladdin.plugin.plan.cli import plan
     from aladdin.plugin.profile.cli import profile
+    from aladdin.plugin.sim.cli import simulate
 
     cli.add_command(replay)
     cli.add_command(analyze)

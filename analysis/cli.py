@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
+from aladdin.clicommand import command
 
-@click.command("analyze")
+
+@command("analyze")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN_DIR [RUN_DIR ...]",
                 type=click.Path(path_type=Path))
 @click.option("--ttft-slo", type=float, required=True, help="TTFT SLO in seconds.")
