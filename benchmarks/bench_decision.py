@@ -31,7 +31,7 @@ import numpy as np
 from aladdin.plugin.core.lifecycle import Scheduler, SchedulerConfig
 from aladdin.plugin.core.policies import named_policy
 from aladdin.plugin.core.predictor import LengthPredictor
-from aladdin.plugin.core.request import Request
+from aladdin.plugin.core.request import Request, RequestStatus
 from aladdin.plugin.profile.io import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def run(policy: str, workers: int, in_flight: int, decisions: int, seed: int, al
             residents = list(w.requests.values())
             for k in range(tokens_per_worker):
                 request = residents[(i * tokens_per_worker + k) % len(residents)]
-                if request.id in w._base:
+                if request.status is RequestStatus.DECODING:
                     scheduler.tokens(request.id, w.generated(request) + 1, now)
         for w in (scheduler.pool.workers if all_rebuilt else [scheduler.pool.workers[int(rng.integers(workers))]]):
             victim = next(iter(w.requests.values()))

@@ -89,7 +89,7 @@ Decision = Placement | Shed
 class WorkerError:
     """One worker's prediction error over its recent finishes (first prediction vs actual)."""
 
-    __slots__ = ("finished", "error_sum", "abs_error_sum", "repredictions", "_window")
+    __slots__ = ("finished", "error_sum", "abs_error_sum", "repredictions", "_window", "_actual", "_predicted")
 
     def __init__(self, window: int):
         self.finished = 0
@@ -97,20 +97,26 @@ class WorkerError:
         self.abs_error_sum = 0.0
         self.repredictions = 0
         self._window: deque[tuple[int, int]] = deque(maxlen=window)  # (actual, first prediction)
+        self._actual = 0  # sums over the window
+        self._predicted = 0
 
     def add(self, actual: int, predicted: int) -> None:
         self.finished += 1
         self.error_sum += actual - predicted
         self.abs_error_sum += abs(actual - predicted)
+        if len(self._window) == self._window.maxlen:
+            old_actual, old_predicted = self._window[0]
+            self._actual -= old_actual
+            self._predicted -= old_predicted
         self._window.append((actual, predicted))
+        self._actual += actual
+        self._predicted += predicted
 
     def inflation(self, min_samples: int, cap: float) -> float:
         """Recent actual / predicted output, at least 1 (a worker running short is left alone)."""
         if len(self._window) < min_samples:
             return 1.0
-        actual = sum(a for a, _ in self._window)
-        predicted = sum(p for _, p in self._window)
-        return min(max(actual / max(predicted, 1), 1.0), cap)
+        return min(max(self._actual / max(self._predicted, 1), 1.0), cap)
 
     def to_dict(self) -> dict[str, float | int | None]:
         n = self.finished

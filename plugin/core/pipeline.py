@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aladdin.plugin.core import kernels
 from aladdin.plugin.core.request import Request
 from aladdin.plugin.core.worker import WorkerPool
 
@@ -93,27 +94,15 @@ class Evaluation:
         return self._own_work
 
     def ttft(self) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted TTFT, TTFT alone on an idle worker), from the request's arrival.
-
-        The front end (unless already paid), then the prompts queued ahead in iterations of at
-        most ``max_batched_tokens`` that also carry the worker's decodes, then its own prefill.
-        """
+        """(predicted TTFT, TTFT alone on an idle worker) on every worker, from the request's arrival."""
         if self._ttft is None:
             s = self.s
-            waited = max(self.now - self.request.arrival_time, 0.0)
-            frontend = s("frontend")
-            waited = np.maximum(waited, frontend) if self.frontend_paid else waited + frontend
-            decoding = s("decoding")
-            context = s("decoding_context_base") + decoding * self.pool.step
-            per_iteration = np.where(decoding > 0, s("dec_a") * decoding + s("dec_b") * context + s("dec_c"), s("pre_pass"))
-            budget = np.maximum(s("max_batched_tokens") - decoding, 1.0)
-            own_tokens = self.context - min(self.request.computed_tokens, self.context)
-            self._ttft = (
-                waited + np.ceil((s("unprefilled") + own_tokens) / budget) * per_iteration
-                + s("prefill_work_ahead") + self.own_prefill_work
+            self._ttft, self._ttft_alone = kernels.ttft(
+                s("decoding"), s("decoding_context_base"), self.pool.step, s("unprefilled"), s("prefill_work_ahead"),
+                s("max_batched_tokens"), s("dec_a"), s("dec_b"), s("dec_c"), s("pre_a"), s("pre_q"), s("pre_pass"),
+                s("frontend"), max(self.now - self.request.arrival_time, 0.0), self.frontend_paid,
+                float(self.context), float(self.context - min(self.request.computed_tokens, self.context)),
             )
-            chunks = np.maximum(np.ceil(self.context / s("max_batched_tokens")), 1.0)
-            self._ttft_alone = waited + self.own_prefill_work + chunks * s("pre_pass")
         return self._ttft, self._ttft_alone
 
     # ------------------------------------------------------------------ KV
@@ -121,112 +110,86 @@ class Evaluation:
     def kv_bounds(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds of the peak KV (unrounded) with the request added, on ``rows``."""
         pool = self.pool
-        c, p = float(self.context), self.steps
-        d = self.delta[rows]
-        left = pool.scalar("horizon")[rows].astype(np.int64) - d
-        shared = np.minimum(p, left)
-        level = np.maximum(np.frexp(np.maximum(shared, 1))[1] - 1, 0)  # floor(log2(shared))
-        end = d + shared - (1 << level)
-        block = pool.scalar("block_size")[rows]
-        tail = c + p - 1.0  # the request's own peak, alone
-        beyond = np.where(p > left, tail, -math.inf)
-        has_prefix = shared > 0
-        u_prefix = np.where(has_prefix, np.maximum(pool.u_sparse[level, rows, d], pool.u_sparse[level, rows, end]), -math.inf)
-        v_prefix = np.where(has_prefix, np.maximum(pool.v_sparse[level, rows, d], pool.v_sparse[level, rows, end]), -math.inf)
-        lower = np.maximum(np.maximum(u_prefix - d + c, pool.u_suffix[rows, d + shared]), beyond)
-        upper = np.maximum(np.maximum(v_prefix - d + c + block - 1, pool.v_suffix[rows, d + shared]), beyond + block - 1)
+        lower, upper = kernels.kv_bounds(
+            rows, self.delta, pool.horizon, pool.block_size, pool.held, pool.upper, pool.held_suffix,
+            pool.upper_suffix, float(self.context), self.steps,
+        )
         self.kv_fill[rows] = np.maximum(lower, 0.0) / pool.scalar("capacity")[rows]
         self.kv_done[rows] = True
         return lower, upper
 
     def exact_peak(self, row: int) -> int:
         """Block-rounded peak KV of worker ``row`` with the request (where the bounds straddle)."""
-        worker = self.pool.workers[row]
-        forecast = worker.current_forecast()
+        pool = self.pool
         d = int(self.delta[row])
-        alive = forecast.remaining > d
-        return worker.perf.kv.peak_tokens_held(
-            np.append(forecast.context[alive] + d, self.context), np.append(forecast.remaining[alive] - d, self.steps)
+        alive = pool.live[row] & (pool.remaining[row] > d)
+        return pool.workers[row].perf.kv.peak_tokens_held(
+            np.append(pool.context[row, alive] + d, self.context), np.append(pool.remaining[row, alive] - d, self.steps)
         )
 
     # ------------------------------------------------------------------ ATGT
 
     def own_atgt(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted ATGT of the request on ``rows``, its ATGT alone on an idle worker).
-
-        It adds a + b * (context + k) to every step k it shares and runs alone after the
-        worker's horizon; a request that already streamed (split-phase) counts that time too.
-        """
-        pool = self.pool
-        c, p = float(self.context), self.steps
-        d = self.delta[rows]
-        left = pool.scalar("horizon")[rows].astype(np.int64) - d
-        shared = np.clip(np.minimum(p, left), 0, None)
-        a, b, fixed = pool.scalar("dec_a")[rows], pool.scalar("dec_b")[rows], pool.scalar("dec_c")[rows]
-        own_added = p * (a + b * c) + b * p * (p - 1) / 2.0
-        future = pool.cum_time[rows, d + shared] - pool.cum_time[rows, d] + own_added + fixed * np.maximum(p - left, 0)
+        """(predicted ATGT of the request on ``rows``, its ATGT alone on an idle worker); a request
+        that already streamed (split-phase) counts that time too."""
+        pool, p = self.pool, self.steps
         if self.request.started:
             past, tokens = max(self.now - self.request.first_token_time, 0.0), p + self.generated - 1
         else:
             past, tokens = 0.0, p
-        return (past + future) / tokens, (past + own_added + fixed * p) / tokens
+        return kernels.own_atgt(rows, self.delta, pool.horizon, pool.cum_time, pool.scalar("dec_a"),
+                                pool.scalar("dec_b"), pool.scalar("dec_c"), float(self.context), p, past, float(tokens))
 
     def resident_atgt(self, rows: np.ndarray, budget: float) -> np.ndarray:
         """Largest predicted ATGT / SLO, with the request added, over the residents of ``rows``
         that are still on pace (predicted within ``budget``) without it.
 
         A resident already predicted to miss is left out: holding new requests back cannot save
-        it, and counting it would close its worker to everyone until it leaves.
+        it, and counting it would close its worker to everyone until it leaves. The request adds
+        a + b * (context + k) to each step k it shares with a resident, and its prefill once.
         """
         pool = self.pool
-        worst = np.full(rows.size, -math.inf)
-        busy = pool.scalar("requests")[rows] > 0
-        if not busy.any():
-            return worst
-        rows_busy = rows[busy]
-        width = int(pool.scalar("requests")[rows_busy].max())
-        d = self.delta[rows_busy]
-        inv = pool.inv_tokens_slo[rows_busy, :width]
-        ratio = (
-            pool.atgt_base[rows_busy, :width]
-            + pool.atgt_clock[rows_busy, :width] * pool.observed[rows_busy, None]
-            - pool.cum_time[rows_busy, d][:, None] * inv
+        stall = np.zeros(rows.size) if self.request.started else self.own_prefill_work[rows]
+        return kernels.resident_atgt(
+            rows, self.delta, pool.observed, pool.cum_time, pool.remaining, pool.atgt_base, pool.atgt_clock,
+            pool.inv_tokens_slo, pool.scalar("dec_a"), pool.scalar("dec_b"), float(self.context), self.steps,
+            stall, budget,
         )
-        p, c = self.steps, float(self.context)
-        a, b = pool.scalar("dec_a")[rows_busy, None], pool.scalar("dec_b")[rows_busy, None]
-        share = np.clip(pool.remaining[rows_busy, :width] - d[:, None], 0, p)
-        stall = 0.0 if self.request.started else self.own_prefill_work[rows_busy, None]
-        added = share * (a + b * c) + b * share * (share - 1) / 2.0 + stall
-        with_request = np.where(ratio <= budget, ratio + added * inv, -math.inf)
-        worst[busy] = with_request.max(axis=1)
-        return worst
 
 
 # ---------------------------------------------------------------------------------------
 # Filters: each keeps the rows (worker indices) that pass.
 
 
+class Filter:
+    """``own_slo``: it only protects the new request's own SLO (skipped once that is lost);
+    ``soft``: see the module docstring (such a filter has a ``fallback``)."""
+
+    name = ""
+    own_slo = False
+    soft = False
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
 @dataclass
-class MaxSeqs:
+class MaxSeqs(Filter):
     """Room for one more sequence (vLLM's ``max_num_seqs``)."""
 
     name = "seqs"
-    own_slo = False
-    soft = False
 
     def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
         return rows[ev.s("outstanding")[rows] + 1 <= ev.s("max_num_seqs")[rows]]
 
 
 @dataclass
-class KVPeak:
+class KVPeak(Filter):
     """Predicted peak KV, every request growing to its predicted length, within (1 - headroom)
     of the cache. Bounds first; the exact block-rounded peak only where they straddle."""
 
     headroom: float = 0.0
     name = "kv"
-    own_slo = False
-    soft = False
 
     def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
         lower, upper = ev.kv_bounds(rows)
@@ -240,13 +203,12 @@ class KVPeak:
 
 
 @dataclass
-class OwnATGT:
+class OwnATGT(Filter):
     """The new request's predicted ATGT within (1 - headroom) of its SLO."""
 
     headroom: float = 0.0
     name = "atgt-own"
     own_slo = True
-    soft = False
 
     def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
         slo = ev.request.atgt_slo
@@ -260,13 +222,11 @@ class OwnATGT:
 
 
 @dataclass
-class ResidentATGT:
+class ResidentATGT(Filter):
     """Every resident on pace stays within (1 - headroom) of its ATGT SLO with the request added."""
 
     headroom: float = 0.0
     name = "atgt"
-    own_slo = False
-    soft = False
 
     def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
         budget = 1.0 - self.headroom
@@ -276,7 +236,7 @@ class ResidentATGT:
 
 
 @dataclass
-class TTFT:
+class TTFT(Filter):
     """The new request's predicted TTFT within its SLO (soft: see the module docstring)."""
 
     name = "ttft"
@@ -297,14 +257,12 @@ class TTFT:
 
 
 @dataclass
-class RandomSubset:
+class RandomSubset(Filter):
     """``size`` distinct workers drawn at random (seeded): power-of-k choices."""
 
     size: int = 2
     seed: int = 0
     name = "random"
-    own_slo = False
-    soft = False
     _random: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

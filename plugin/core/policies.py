@@ -22,36 +22,16 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aladdin.errors import AladdinError
-from aladdin.plugin.core.pipeline import (
-    TTFT,
-    Fill,
-    KVHeld,
-    KVPeak,
-    MaxSeqs,
-    Outstanding,
-    OwnATGT,
-    Picker,
-    Pipeline,
-    PredictedTTFT,
-    RandomSubset,
-    ResidentATGT,
-    Turn,
-)
 
-FILTERS: dict[str, Callable[[PolicySpec], object]] = {
-    "seqs": lambda spec: MaxSeqs(),
-    "kv": lambda spec: KVPeak(spec.headroom),
-    "atgt-own": lambda spec: OwnATGT(spec.headroom),
-    "atgt": lambda spec: ResidentATGT(spec.headroom),
-    "ttft": lambda spec: TTFT(),
-    "random2": lambda spec: RandomSubset(2, spec.seed),
-}
-SCORERS: dict[str, Callable[[], object]] = {
-    "fill": Fill, "outstanding": Outstanding, "kv-held": KVHeld, "ttft": PredictedTTFT, "turn": Turn,
-}
+if TYPE_CHECKING:
+    from aladdin.plugin.core.pipeline import Pipeline
+# The names a spec may use; what they build is in ``_parts`` (imported on build, so naming a
+# policy, e.g. for --help, loads neither numpy nor the compiled kernels).
+FILTERS = ("seqs", "kv", "atgt-own", "atgt", "ttft", "random2")
+SCORERS = ("fill", "outstanding", "kv-held", "ttft", "turn")
 PICKS = ("max", "min")
 TIES = ("id", "random")
 PREDICTIVE = {"kv", "atgt-own", "atgt", "ttft", "fill"}  # parts that read predicted lengths
@@ -98,16 +78,36 @@ class PolicySpec:
         return bool({"kv", "atgt-own", "atgt"} & set(self.filters))
 
     def build(self) -> Pipeline:
+        from aladdin.plugin.core.pipeline import Picker, Pipeline
+
+        filters, scorers = _parts()
         return Pipeline(
             name=self.name,
-            filters=[FILTERS[name](self) for name in self.filters],
-            scorers=[(SCORERS[name](), weight) for name, weight in self.scores],
+            filters=[filters[name](self) for name in self.filters],
+            scorers=[(scorers[name](), weight) for name, weight in self.scores],
             picker=Picker(highest=self.pick == "max", tie=self.tie, seed=self.seed),
             uses_predictions=self.uses_predictions,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "scores": dict(self.scores)}
+
+
+def _parts() -> tuple[dict[str, Callable[[PolicySpec], object]], dict[str, Callable[[], object]]]:
+    from aladdin.plugin.core import pipeline as p
+
+    filters: dict[str, Callable[[PolicySpec], object]] = {
+        "seqs": lambda spec: p.MaxSeqs(),
+        "kv": lambda spec: p.KVPeak(spec.headroom),
+        "atgt-own": lambda spec: p.OwnATGT(spec.headroom),
+        "atgt": lambda spec: p.ResidentATGT(spec.headroom),
+        "ttft": lambda spec: p.TTFT(),
+        "random2": lambda spec: p.RandomSubset(2, spec.seed),
+    }
+    scorers: dict[str, Callable[[], object]] = {
+        "fill": p.Fill, "outstanding": p.Outstanding, "kv-held": p.KVHeld, "ttft": p.PredictedTTFT, "turn": p.Turn,
+    }
+    return filters, scorers
 
 
 NAMED: dict[str, PolicySpec] = {

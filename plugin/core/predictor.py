@@ -55,7 +55,7 @@ class PredictorConfig:
 class _Window:
     """A ring buffer of the latest output lengths with a running sum and a cached statistic."""
 
-    __slots__ = ("values", "count", "next", "total", "cached")
+    __slots__ = ("values", "count", "next", "total", "cached", "_sorted", "_suffix_sums")
 
     def __init__(self, size: int):
         self.values = np.zeros(size, dtype=np.int64)
@@ -63,6 +63,8 @@ class _Window:
         self.next = 0
         self.total = 0
         self.cached: float | None = None
+        self._sorted: np.ndarray | None = None  # the filled values, sorted (rebuilt after a change)
+        self._suffix_sums: np.ndarray | None = None  # _suffix_sums[i] = sum of _sorted[i:]
 
     def add(self, value: int) -> None:
         if self.count == self.values.size:
@@ -73,9 +75,19 @@ class _Window:
         self.total += value
         self.next = (self.next + 1) % self.values.size
         self.cached = None
+        self._sorted = None
 
     def filled(self) -> np.ndarray:
         return self.values[: self.count]
+
+    def longer_than(self, generated: int) -> tuple[np.ndarray, int]:
+        """The sorted values above ``generated`` and their sum: what a re-prediction conditions
+        on (one sort per change of the window, then a binary search per call)."""
+        if self._sorted is None:
+            self._sorted = np.sort(self.filled())
+            self._suffix_sums = np.append(np.cumsum(self._sorted[::-1])[::-1], 0)
+        start = int(np.searchsorted(self._sorted, generated, side="right"))
+        return self._sorted[start:], int(self._suffix_sums[start])
 
 
 class LengthPredictor:
@@ -167,10 +179,10 @@ class LengthPredictor:
         """
         cap = self.config.max_output_tokens
         for window in (self._buckets[self.bucket(prompt_tokens)], self._pool):
-            longer = window.filled()
-            longer = longer[longer > generated]
+            longer, total = window.longer_than(generated)
             if longer.size >= self.config.min_samples:
-                remaining = max(1, math.ceil(self._statistic(longer) - generated - 1e-9))
+                statistic = total / longer.size if self.config.quantile is None else self._statistic(longer)
+                remaining = max(1, math.ceil(statistic - generated - 1e-9))
                 break
         else:
             remaining = max(1, math.ceil(generated / 2))

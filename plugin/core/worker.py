@@ -8,15 +8,17 @@ predicted length, so the KV held, the step times and each request's predicted AT
 
 Why it is cheap live: the forecast is built in the worker's own step frame. A decode step
 moves every decoding request one token along the same picture, so ``advance`` only moves the
-worker's clock and the forecast is read ``delta`` steps further on (range maxima from sparse
-tables, cumulative times by difference): tokens streaming on every worker cost O(1) each.
+worker's clock and the forecast is read ``delta`` steps further on (cumulative times by
+difference, KV maxima over the steps the new request shares): tokens streaming on every
+worker cost O(1) each.
 The forecast is rebuilt, lazily at the next decision, only when the set of requests or a
 prediction changed (placed, first token, finished, preempted, re-predicted, reconciled).
 Prompts not yet started are read as if they had advanced too until the next rebuild; their
 first token, a rebuild trigger, corrects that.
 
-:class:`WorkerPool` stacks the workers' forecasts into padded arrays, one row per worker,
-so one decision evaluates every worker with a few vectorized operations (core.pipeline).
+:class:`WorkerPool` holds every worker's request columns and forecast in padded arrays, one
+row per worker, which the compiled loops of core.kernels rebuild (one row) and read (every
+candidate row, core.pipeline).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aladdin.errors import AladdinError
+from aladdin.plugin.core import kernels
 from aladdin.plugin.core.perfmodel import PerfModel
 from aladdin.plugin.core.request import Request, RequestStatus
 
@@ -43,42 +46,12 @@ class RequestReport:
     decoding: bool
 
 
-class Forecast:
-    """A worker's predicted future from step ``origin`` on, without a new request.
-
-    Arrays over the requests (decoding first, then the rest in placement order): ``context``,
-    ``remaining`` (>= 1). Over steps k = 0..K-1 (K = ``horizon``): U[k] tokens held
-    (unrounded), V[k] = U[k] + (block_size - 1) * alive[k] (a bound on the block-rounded use),
-    ``cum_time[j]`` = time of steps k < j. ``u_sparse[l][k]`` = max of U[i] + i over
-    i in [k, k + 2^l) (likewise V), ``u_suffix[j]`` = max of U[k] over k >= j. Each request's
-    predicted ATGT / SLO is ``atgt_base + atgt_clock * observed_at - cum_time[delta] * inv_tokens_slo``
-    after ``delta`` steps (see ``WorkerState._rebuild``).
-    """
-
-    __slots__ = (
-        "origin", "context", "remaining", "horizon", "cum_time", "u_sparse", "v_sparse", "u_suffix", "v_suffix",
-        "atgt_base", "atgt_clock", "inv_tokens_slo",
-    )
-
-
-def sparse_max(values: np.ndarray) -> np.ndarray:
-    """Sparse table of ``values`` (1-D): row l holds max(values[k:k + 2^l]) (-inf past the end)."""
-    n = values.size
-    levels = max(1, n.bit_length())
-    table = np.full((levels, n + 1), -math.inf)
-    table[0, :n] = values
-    for level in range(1, levels):
-        half = 1 << (level - 1)
-        np.maximum(table[level - 1, : n + 1 - half], table[level - 1, half:], out=table[level, : n + 1 - half])
-    return table
-
-
 class WorkerState:
     """One worker as the scheduler core knows it; see the module docstring."""
 
-    def __init__(self, worker_id: str, perf: PerfModel, index: int = 0, pool: WorkerPool | None = None):
+    def __init__(self, worker_id: str, perf: PerfModel, index: int, pool: WorkerPool):
         self.id = worker_id
-        self._pool = pool  # told of every change, so a decision refreshes only changed rows
+        self._pool = pool  # holds this worker's columns (row ``index``) and hears of every change
         self.perf = perf
         self.index = index  # row in its pool
         self.requests: dict[str, Request] = {}  # placement order
@@ -92,7 +65,9 @@ class WorkerState:
         self.length_inflation = 1.0  # from this worker's prediction error (lifecycle's feedback)
         self._overruns: list[tuple[int, str]] = []  # heap: (step a decoding request reaches its prediction, id)
         self.track_overruns = True
-        self.forecast: Forecast | None = None
+        self._slot: dict[str, int] = {}  # request -> its column in the pool's row
+        self._free_slots: list[int] = []
+        self._placed = 0  # placement sequence, for the order of queued prompts
         self.dirty = True
         self._touch()
 
@@ -136,8 +111,7 @@ class WorkerState:
 
     def _touch(self) -> None:
         """Counters changed (the pool refreshes this worker's scalars at the next decision)."""
-        if self._pool is not None:
-            self._pool.touched.add(self.index)
+        self._pool.touched.add(self.index)
 
     def _changed(self) -> None:
         """Requests or predictions changed: the forecast is rebuilt at the next decision."""
@@ -148,6 +122,18 @@ class WorkerState:
         request.worker = self.id
         request.status = RequestStatus.PLACED
         self.requests[request.id] = request
+        slot = self._free_slots.pop() if self._free_slots else len(self._slot)
+        if slot >= self._pool.slot_width:
+            self._pool.grow_slots(slot + 1)
+        self._slot[request.id] = slot
+        pool, row = self._pool, self.index
+        pool.prompt[row, slot] = request.prompt_tokens
+        pool.predicted[row, slot] = request.predicted_output_tokens
+        pool.slo[row, slot] = request.atgt_slo
+        pool.seq[row, slot] = self._placed
+        self._placed += 1
+        pool.live[row, slot] = True
+        self._write_progress(request)
         self._add_prefill(request)
         self._changed()
 
@@ -163,13 +149,9 @@ class WorkerState:
         self._remove_prefill(request)
         if not request.started:
             request.first_token_time = now
-        request.generated_tokens = generated_tokens
         request.computed_tokens = request.prompt_tokens + generated_tokens
         request.status = RequestStatus.DECODING
-        base = self.step - generated_tokens
-        self._base[request.id] = base
-        self.decoding_context_base += request.prompt_tokens - base
-        self._push_overrun(request)
+        self._anchor(request, generated_tokens)
         self._changed()
 
     def advance(self, steps: int, now: float) -> list[Request]:
@@ -177,9 +159,8 @@ class WorkerState:
         their prediction (the lifecycle re-predicts them)."""
         self.step += steps
         self.observed_at = now
-        if self._pool is not None:
-            self._pool.step[self.index] = self.step
-            self._pool.observed[self.index] = now
+        self._pool.step[self.index] = self.step
+        self._pool.observed[self.index] = now
         overrun = []
         heap = self._overruns
         while heap and heap[0][0] <= self.step:
@@ -203,11 +184,7 @@ class WorkerState:
             self.advance(generated_tokens - expected, now)
         elif expected - generated_tokens > 1:
             self._stop_decoding(request)
-            request.generated_tokens = generated_tokens
-            base = self.step - generated_tokens
-            self._base[request.id] = base
-            self.decoding_context_base += request.prompt_tokens - base
-            self._push_overrun(request)
+            self._anchor(request, generated_tokens)
             self._changed()
 
     def remove(self, request: Request) -> None:
@@ -218,6 +195,9 @@ class WorkerState:
         else:
             self._remove_prefill(request)
         del self.requests[request.id]
+        slot = self._slot.pop(request.id)
+        self._pool.live[self.index, slot] = False
+        self._free_slots.append(slot)
         self._changed()
 
     def preempt(self, request: Request, generated_tokens: int) -> None:
@@ -229,6 +209,7 @@ class WorkerState:
         request.generated_tokens = generated_tokens
         request.computed_tokens = 0
         request.status = RequestStatus.PLACED
+        self._write_progress(request)
         self._add_prefill(request)
         self._changed()
 
@@ -246,6 +227,7 @@ class WorkerState:
     def repredict(self, request: Request, predicted_output_tokens: int) -> None:
         request.predicted_output_tokens = predicted_output_tokens
         request.repredictions += 1
+        self._pool.predicted[self.index, self._slot[request.id]] = predicted_output_tokens
         if request.id in self._base:
             self._push_overrun(request)
         self._changed()
@@ -260,21 +242,18 @@ class WorkerState:
                 self._stop_decoding(request)
             else:
                 self._remove_prefill(request)
-            request.generated_tokens = report.generated_tokens
             request.computed_tokens = report.computed_tokens
             if report.decoding:
-                base = self.step - report.generated_tokens
-                self._base[request.id] = base
-                self.decoding_context_base += request.prompt_tokens - base
                 request.status = RequestStatus.DECODING
-                self._push_overrun(request)
+                self._anchor(request, report.generated_tokens)
             else:
+                request.generated_tokens = report.generated_tokens
                 request.status = RequestStatus.PLACED
                 self._add_prefill(request)
+                self._write_progress(request)
         self.kv_tokens_reported = kv_tokens_held
         self.observed_at = now
-        if self._pool is not None:
-            self._pool.observed[self.index] = now
+        self._pool.observed[self.index] = now
         self._changed()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -284,17 +263,39 @@ class WorkerState:
         done = min(request.computed_tokens, context)
         return context - done, done
 
+    def _chunk_work(self, left: int, done: int) -> float:
+        """PrefillModel.chunk_work for one chunk, in scalar arithmetic (a hot path)."""
+        prefill = self.perf.prefill
+        return prefill.a * left + prefill.q * left * (2.0 * done + left)
+
     def _add_prefill(self, request: Request) -> None:
         left, done = self._prefill_left(request)
         self.unprefilled_tokens += left
-        self.prefill_work_ahead += float(self.perf.prefill.chunk_work(left, done))
+        self.prefill_work_ahead += self._chunk_work(left, done)
 
     def _remove_prefill(self, request: Request) -> None:
         left, done = self._prefill_left(request)
         self.unprefilled_tokens -= left
-        self.prefill_work_ahead -= float(self.perf.prefill.chunk_work(left, done))
+        self.prefill_work_ahead -= self._chunk_work(left, done)
         if not self.unprefilled_tokens:
             self.prefill_work_ahead = 0.0  # no float drift when nothing is left
+
+    def _write_progress(self, request: Request) -> None:
+        """The request's generated tokens (or, decoding, its anchor) and first token, in its column."""
+        pool, row, slot = self._pool, self.index, self._slot[request.id]
+        base = self._base.get(request.id)
+        pool.decoding[row, slot] = base is not None
+        pool.anchor[row, slot] = request.generated_tokens if base is None else base
+        pool.first[row, slot] = request.first_token_time
+
+    def _anchor(self, request: Request, generated_tokens: int) -> None:
+        """It decodes from here with ``generated_tokens`` out: from now on its count follows the clock."""
+        request.generated_tokens = generated_tokens
+        base = self.step - generated_tokens
+        self._base[request.id] = base
+        self.decoding_context_base += request.prompt_tokens - base
+        self._write_progress(request)
+        self._push_overrun(request)
 
     def _stop_decoding(self, request: Request) -> None:
         base = self._base.pop(request.id)
@@ -306,88 +307,38 @@ class WorkerState:
 
     # ------------------------------------------------------------------ forecast
 
-    def current_forecast(self) -> Forecast:
-        if self.dirty or self.forecast is None:
-            self.forecast = self._rebuild()
+    def refresh_forecast(self) -> None:
+        """Rebuild this worker's forecast row now if its requests or predictions changed."""
+        if self.dirty:
+            self._pool.rebuild(self)
             self.dirty = False
-        return self.forecast
-
-    def _rebuild(self) -> Forecast:
-        """The forecast from the current step (docs/placement.md, "Forecast").
-
-        Each request's predicted ATGT covers its whole life, as the metric does: the time
-        since its first token (to ``observed_at``), its predicted decode time from here and
-        the stalls of the prefills not yet done ahead of it, over its tokens after the first.
-        Prefills in flight on the worker stall every other started request; a queued prompt
-        also stalls the queued prompts behind it.
-        """
-        perf = self.perf
-        dec = perf.decode
-        decoding = [r for r in self.requests.values() if r.id in self._base]
-        others = [r for r in self.requests.values() if r.id not in self._base]
-        ordered = decoding + others
-        n = len(ordered)
-        prompt = np.fromiter((r.prompt_tokens for r in ordered), dtype=np.int64, count=n)
-        generated = np.fromiter((self.generated(r) for r in ordered), dtype=np.int64, count=n)
-        predicted = np.fromiter((r.predicted_output_tokens for r in ordered), dtype=np.int64, count=n)
-        slo = np.fromiter((r.atgt_slo for r in ordered), dtype=float, count=n)
-        first = np.fromiter((r.first_token_time for r in ordered), dtype=float, count=n)
-        context = prompt + generated
-        remaining = np.maximum(predicted - generated, 1)
-        if self.length_inflation > 1.0:
-            remaining = np.ceil(remaining * self.length_inflation).astype(np.int64)
-        horizon = int(remaining.max()) if n else 0
-        k = np.arange(horizon)
-        alive = n - np.cumsum(np.bincount(remaining, minlength=horizon + 1)[:horizon])  # remaining > k
-        held = context.sum() - np.cumsum(np.bincount(remaining, weights=context, minlength=horizon + 1)[:horizon])
-        held += k * alive
-        upper = held + (perf.kv.block_size - 1) * alive
-        cum_time = np.zeros(horizon + 1)
-        np.cumsum(dec.a * alive + dec.b * held + dec.c, out=cum_time[1:])
-        u_suffix = np.full(horizon + 1, -math.inf)
-        v_suffix = np.full(horizon + 1, -math.inf)
-        if horizon:
-            np.maximum.accumulate(held[::-1], out=u_suffix[horizon - 1 :: -1])
-            np.maximum.accumulate(upper[::-1], out=v_suffix[horizon - 1 :: -1])
-
-        started = (generated >= 1) & np.isfinite(first)
-        stall = np.asarray(perf.prefill.chunk_work(np.where(started, 0, context).astype(float), 0), dtype=float)
-        behind = np.zeros(n)
-        if others:
-            queued = len(decoding)
-            behind[:queued] = stall.sum()
-            behind[queued:] = stall[queued:].sum() - np.cumsum(stall[queued:])
-        tokens_slo = (remaining + np.where(started, generated - 1, 0)) * slo
-        with np.errstate(divide="ignore"):
-            inv = np.where(np.isfinite(tokens_slo), 1.0 / tokens_slo, 0.0)
-        forecast = Forecast()
-        forecast.origin = self.step
-        forecast.context = context
-        forecast.remaining = remaining
-        forecast.horizon = horizon
-        forecast.cum_time = cum_time
-        forecast.u_sparse = sparse_max(held + k)
-        forecast.v_sparse = sparse_max(upper + k)
-        forecast.u_suffix = u_suffix
-        forecast.v_suffix = v_suffix
-        forecast.atgt_base = np.where(inv > 0, (cum_time[remaining] + behind - np.where(started, first, 0.0)) * inv, -math.inf)
-        forecast.atgt_clock = np.where(started, inv, 0.0)
-        forecast.inv_tokens_slo = inv
-        return forecast
 
 
 class WorkerPool:
-    """The workers a scheduler places on, with their forecasts stacked one row per worker.
+    """The workers a scheduler places on; their request columns and forecasts, one row each.
 
-    Rows are rewritten only for workers whose forecast was rebuilt, and the arrays grow
-    geometrically, so a decision touches O(workers) scalars plus the candidates' rows.
+    Request columns (one slot per request, reused after it leaves): ``prompt``, ``anchor``
+    (generated tokens, or while ``decoding`` the step at which it had none), ``predicted``,
+    ``slo`` (ATGT), ``first`` (first-token time), ``seq`` (placement order), ``live``.
+    Forecast, from ``origin`` on: per slot ``context``, ``remaining``, and the ATGT terms
+    (ratio = atgt_base + atgt_clock * observed - cum_time[delta] * inv_tokens_slo); per step
+    ``held`` (KV tokens, unrounded), ``upper`` (held + a partly full block per request),
+    ``cum_time`` and the suffix maxima of held and upper. Rows are rebuilt only for workers
+    whose requests changed, and the arrays grow geometrically.
     """
 
     SCALARS = (
-        "origin", "horizon", "requests", "outstanding", "decoding", "decoding_context_base", "unprefilled",
+        "origin", "horizon", "outstanding", "decoding", "decoding_context_base", "unprefilled",
         "prefill_work_ahead", "kv_held", "capacity", "block_size", "max_num_seqs", "max_batched_tokens",
         "dec_a", "dec_b", "dec_c", "pre_a", "pre_q", "pre_pass", "frontend",
     )
+    SLOT_COLUMNS = (
+        ("prompt", np.int64, 0), ("anchor", np.int64, 0), ("decoding", np.bool_, False), ("predicted", np.int64, 1),
+        ("slo", np.float64, math.inf), ("first", np.float64, math.nan), ("seq", np.int64, 0), ("live", np.bool_, False),
+        ("context", np.int64, 0), ("remaining", np.int64, 0), ("atgt_base", np.float64, -math.inf),
+        ("atgt_clock", np.float64, 0.0), ("inv_tokens_slo", np.float64, 0.0),
+    )
+    STEP_COLUMNS = ("held", "upper", "cum_time", "held_suffix", "upper_suffix")
 
     def __init__(self, workers: Sequence[tuple[str, PerfModel]]):
         if not workers:
@@ -395,26 +346,23 @@ class WorkerPool:
         ids = [worker_id for worker_id, _ in workers]
         if len(set(ids)) != len(ids):
             raise AladdinError(f"worker ids must be unique, got {ids}")
+        self.ids = ids
         self.touched: set[int] = set()  # rows whose counters changed since the last decision
-        self.step = np.zeros(len(ids))  # each worker's clock, written by WorkerState.advance
+        self.step = np.zeros(len(ids), dtype=np.int64)  # each worker's clock, written by WorkerState.advance
         self.observed = np.zeros(len(ids))
+        self.scalars = np.zeros((len(self.SCALARS), len(ids)))
+        self._column = {name: i for i, name in enumerate(self.SCALARS)}
+        self._views = {name: self.scalars[i] for i, name in enumerate(self.SCALARS)}
+        self.slot_width = 0
+        self.grow_slots(8)
+        self.step_width = 0
+        self._grow_steps(64)
         self.workers = [WorkerState(worker_id, perf, i, self) for i, (worker_id, perf) in enumerate(workers)]
         self.by_id = {w.id: w for w in self.workers}
-        self.ids = ids
         order = np.argsort(np.array(ids, dtype=object))
         self.id_rank = np.empty(len(ids), dtype=np.int64)  # position of each worker in id order
         self.id_rank[order] = np.arange(len(ids))
-        self.scalars = np.zeros((len(self.SCALARS), len(ids)))
-        self._static(self.workers)
-        self._stamp: list[Forecast | None] = [None] * len(ids)
-        self._allocate(steps=1, requests=1, levels=1)
-
-    def __len__(self) -> int:
-        return len(self.workers)
-
-    def _static(self, workers: Iterable[WorkerState]) -> None:
-        column = {name: i for i, name in enumerate(self.SCALARS)}
-        for w in workers:
+        for w in self.workers:
             perf = w.perf
             for name, value in (
                 ("capacity", perf.kv.capacity_tokens), ("block_size", perf.kv.block_size),
@@ -423,27 +371,52 @@ class WorkerPool:
                 ("pre_a", perf.prefill.a), ("pre_q", perf.prefill.q), ("pre_pass", perf.prefill_pass_s),
                 ("frontend", perf.frontend_s),
             ):
-                self.scalars[column[name], w.index] = value
+                self.scalars[self._column[name], w.index] = value
+        self.horizon = np.zeros(len(ids), dtype=np.int64)
+        self.block_size = self.scalar("block_size").astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
     def scalar(self, name: str) -> np.ndarray:
-        return self.scalars[self.SCALARS.index(name)]
+        """One scalar per worker (a row of ``scalars``; the same view every call)."""
+        return self._views[name]
 
-    def _allocate(self, steps: int, requests: int, levels: int) -> None:
-        w = len(self.workers)
-        self.step_width, self.request_width, self.levels = steps, requests, levels
-        self.cum_time = np.zeros((w, steps + 1))
-        self.u_sparse = np.full((levels, w, steps + 1), -math.inf)
-        self.v_sparse = np.full((levels, w, steps + 1), -math.inf)
-        self.u_suffix = np.full((w, steps + 1), -math.inf)
-        self.v_suffix = np.full((w, steps + 1), -math.inf)
-        self.atgt_base = np.full((w, requests), -math.inf)
-        self.atgt_clock = np.zeros((w, requests))
-        self.inv_tokens_slo = np.zeros((w, requests))
-        self.remaining = np.zeros((w, requests), dtype=np.int64)
-        for worker in self.workers:
-            forecast = self._stamp[worker.index]
-            if forecast is not None:
-                self._write(worker.index, forecast)
+    def grow_slots(self, need: int) -> None:
+        width = max(need, self.slot_width * 2)
+        for name, dtype, fill in self.SLOT_COLUMNS:
+            grown = np.full((len(self.ids), width), fill, dtype=dtype)
+            if self.slot_width:
+                grown[:, : self.slot_width] = getattr(self, name)
+            setattr(self, name, grown)
+        self.slot_width = width
+
+    def _grow_steps(self, need: int) -> None:
+        width = max(need, self.step_width * 3 // 2)
+        for name in self.STEP_COLUMNS:
+            grown = np.full((len(self.ids), width + 1), -math.inf)
+            if self.step_width:
+                grown[:, : self.step_width + 1] = getattr(self, name)
+            setattr(self, name, grown)
+        self.step_width = width
+
+    def rebuild(self, worker: WorkerState) -> None:
+        """Worker ``worker``'s forecast from its columns at its current step (core.kernels)."""
+        perf, row = worker.perf, worker.index
+        while True:
+            horizon = kernels.rebuild(
+                row, worker.step, worker.length_inflation, perf.kv.block_size, perf.decode.a, perf.decode.b,
+                perf.decode.c, perf.prefill.a, perf.prefill.q, self.prompt, self.anchor, self.decoding, self.predicted,
+                self.slo, self.first, self.seq, self.live, self.context, self.remaining, self.atgt_base,
+                self.atgt_clock, self.inv_tokens_slo, self.held, self.upper, self.cum_time, self.held_suffix,
+                self.upper_suffix,
+            )
+            if horizon <= self.step_width:
+                break
+            self._grow_steps(horizon)
+        self.horizon[row] = horizon
+        self.scalars[self._column["origin"], row] = worker.step
+        self.scalars[self._column["horizon"], row] = horizon
 
     def sync(self, forecasts: bool = True) -> None:
         """Refresh the rows of the workers that changed since the last decision; rebuild their
@@ -452,58 +425,18 @@ class WorkerPool:
             return
         columns = [self.scalar(name) for name in (
             "outstanding", "decoding", "decoding_context_base", "unprefilled", "prefill_work_ahead", "kv_held")]
-        for index in sorted(self.touched):
+        for index in self.touched:
             w = self.workers[index]
             for column, value in zip(columns, (
                 len(w.requests), w.num_decoding, w.decoding_context_base, w.unprefilled_tokens,
                 w.prefill_work_ahead, w.kv_tokens_held(),
             )):
                 column[index] = value
-            if not forecasts:
-                continue
-            forecast = w.current_forecast()
-            if forecast is self._stamp[w.index]:
-                continue
-            self._stamp[w.index] = forecast
-            self.scalar("origin")[w.index] = forecast.origin
-            self.scalar("horizon")[w.index] = forecast.horizon
-            self.scalar("requests")[w.index] = forecast.remaining.size
-            levels = forecast.u_sparse.shape[0]
-            if forecast.horizon > self.step_width or forecast.remaining.size > self.request_width or levels > self.levels:
-                grow = lambda need, width: width if need <= width else max(need, width * 3 // 2)  # noqa: E731
-                steps = grow(forecast.horizon, self.step_width)
-                self._allocate(steps, grow(forecast.remaining.size, self.request_width), max(1, (steps + 1).bit_length()))
-            else:
-                self._write(w.index, forecast)
+            if forecasts:
+                w.refresh_forecast()
         if forecasts:
             self.touched.clear()
 
-    def _write(self, row: int, forecast: Forecast) -> None:
-        end = forecast.horizon + 1
-        self.cum_time[row, :end] = forecast.cum_time
-        self.cum_time[row, end:] = forecast.cum_time[-1]
-        levels = forecast.u_sparse.shape[0]
-        self.u_sparse[:levels, row, :end] = forecast.u_sparse
-        self.v_sparse[:levels, row, :end] = forecast.v_sparse
-        self.u_sparse[:levels, row, end:] = -math.inf
-        self.v_sparse[:levels, row, end:] = -math.inf
-        self.u_sparse[levels:, row, :] = -math.inf
-        self.v_sparse[levels:, row, :] = -math.inf
-        self.u_suffix[row, :end] = forecast.u_suffix
-        self.v_suffix[row, :end] = forecast.v_suffix
-        self.u_suffix[row, end:] = -math.inf
-        self.v_suffix[row, end:] = -math.inf
-        n = forecast.remaining.size
-        self.atgt_base[row, :n] = forecast.atgt_base
-        self.atgt_base[row, n:] = -math.inf
-        self.atgt_clock[row, :n] = forecast.atgt_clock
-        self.atgt_clock[row, n:] = 0.0
-        self.inv_tokens_slo[row, :n] = forecast.inv_tokens_slo
-        self.inv_tokens_slo[row, n:] = 0.0
-        self.remaining[row, :n] = forecast.remaining
-        self.remaining[row, n:] = 0
-
     def steps_since_forecast(self) -> np.ndarray:
         """Per worker: decode steps since its forecast's origin, within its horizon."""
-        return np.minimum(self.step - self.scalar("origin"), self.scalar("horizon")).astype(np.int64)
-
+        return np.minimum(self.step - self.scalar("origin").astype(np.int64), self.horizon)

@@ -1,0 +1,210 @@
+"""Compiled loops of the scheduler core (numba): a worker's forecast, and a request's KV and
+ATGT checks against every candidate worker.
+
+They run once per structural change of a worker and once per decision, over a few hundred
+requests and steps each, where numpy's per-call cost would dominate. Arrays are rows of a
+WorkerPool (one row per worker, one column per request slot or decode step); the formulas
+are docs/placement.md's, and ``core.worker`` / ``core.pipeline`` say what each array holds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def rebuild(row, step, inflation, block_size, dec_a, dec_b, dec_c, pre_a, pre_q,
+            prompt, anchor, decoding, predicted, slo, first, seq, live,
+            context, remaining, atgt_base, atgt_clock, inv_tokens_slo,
+            held, upper, cum_time, held_suffix, upper_suffix):
+    """Write worker ``row``'s forecast from its request columns at ``step``; returns its horizon.
+
+    A slot holds a request when ``live``; its generated tokens are ``step - anchor`` while
+    ``decoding``, else ``anchor``. When the horizon exceeds the step arrays, only ``remaining``
+    and ``context`` are written and the caller grows the arrays and calls again.
+    """
+    slots = live.shape[1]
+    horizon = 0
+    total = 0.0
+    count = 0
+    for s in range(slots):
+        if not live[row, s]:
+            remaining[row, s] = 0
+            continue
+        generated = _generated(row, s, step, anchor, decoding)
+        context[row, s] = prompt[row, s] + generated
+        r = max(predicted[row, s] - generated, 1)
+        if inflation > 1.0:
+            r = int(math.ceil(r * inflation))
+        remaining[row, s] = r
+        horizon = max(horizon, r)
+        total += context[row, s]
+        count += 1
+    if horizon >= cum_time.shape[1]:
+        return horizon
+    leaving = np.zeros(horizon + 1, dtype=np.int64)
+    leaving_context = np.zeros(horizon + 1)
+    for s in range(slots):
+        if live[row, s]:
+            leaving[remaining[row, s]] += 1
+            leaving_context[remaining[row, s]] += context[row, s]
+    alive = count
+    cum_time[row, 0] = 0.0
+    for k in range(horizon):
+        alive -= leaving[k]
+        total -= leaving_context[k]
+        h = total + k * alive  # requests with remaining > k hold context + k
+        held[row, k] = h
+        upper[row, k] = h + (block_size - 1) * alive
+        cum_time[row, k + 1] = cum_time[row, k] + dec_a * alive + dec_b * h + dec_c
+    held_suffix[row, horizon] = -np.inf
+    upper_suffix[row, horizon] = -np.inf
+    for k in range(horizon - 1, -1, -1):
+        held_suffix[row, k] = max(held_suffix[row, k + 1], held[row, k])
+        upper_suffix[row, k] = max(upper_suffix[row, k + 1], upper[row, k])
+
+    # Prefills still to run stall the decodes they share: every started request waits for all
+    # of them, a prompt not yet started for those placed before it.
+    stall_total = 0.0
+    for s in range(slots):
+        if live[row, s] and not _started(row, s, step, anchor, decoding, first):
+            c = context[row, s]
+            stall_total += pre_a * c + pre_q * c * c
+    for s in range(slots):
+        if not live[row, s]:
+            atgt_base[row, s] = -np.inf
+            atgt_clock[row, s] = 0.0
+            inv_tokens_slo[row, s] = 0.0
+            continue
+        r = remaining[row, s]
+        started = _started(row, s, step, anchor, decoding, first)
+        generated = _generated(row, s, step, anchor, decoding)
+        if started:
+            behind = stall_total
+        else:
+            behind = 0.0
+            for o in range(slots):
+                if live[row, o] and seq[row, o] < seq[row, s] and not _started(row, o, step, anchor, decoding, first):
+                    c = context[row, o]
+                    behind += pre_a * c + pre_q * c * c
+        tokens_slo = (r + (generated - 1 if started else 0)) * slo[row, s]
+        if not math.isfinite(tokens_slo):
+            atgt_base[row, s] = -np.inf
+            atgt_clock[row, s] = 0.0
+            inv_tokens_slo[row, s] = 0.0
+            continue
+        inv = 1.0 / tokens_slo
+        inv_tokens_slo[row, s] = inv
+        atgt_base[row, s] = (cum_time[row, r] + behind - (first[row, s] if started else 0.0)) * inv
+        atgt_clock[row, s] = inv if started else 0.0
+    return horizon
+
+
+@njit(cache=True)
+def _generated(row, s, step, anchor, decoding):
+    return step - anchor[row, s] if decoding[row, s] else anchor[row, s]
+
+
+@njit(cache=True)
+def _started(row, s, step, anchor, decoding, first):
+    return _generated(row, s, step, anchor, decoding) >= 1 and math.isfinite(first[row, s])
+
+
+@njit(cache=True)
+def kv_bounds(rows, delta, horizon, block_size, held, upper, held_suffix, upper_suffix, context, steps):
+    """Lower and upper bounds of the peak KV on each row with a request of ``context`` tokens
+    that grows for ``steps`` steps added (unrounded; upper counts every block partly full)."""
+    lower_out = np.empty(rows.size)
+    upper_out = np.empty(rows.size)
+    for i in range(rows.size):
+        w = rows[i]
+        d = delta[w]
+        left = horizon[w] - d
+        shared = min(steps, max(left, 0))
+        lo = -np.inf
+        hi = -np.inf
+        for k in range(d, d + shared):
+            lo = max(lo, held[w, k] + (k - d) + context)
+            hi = max(hi, upper[w, k] + (k - d) + context + block_size[w] - 1)
+        lo = max(lo, held_suffix[w, d + shared])
+        hi = max(hi, upper_suffix[w, d + shared])
+        if steps > left:  # alone after the worker's horizon: its own peak
+            lo = max(lo, context + steps - 1.0)
+            hi = max(hi, context + steps - 1.0 + block_size[w] - 1)
+        lower_out[i] = lo
+        upper_out[i] = hi
+    return lower_out, upper_out
+
+
+@njit(cache=True)
+def resident_atgt(rows, delta, observed, cum_time, remaining, atgt_base, atgt_clock, inv_tokens_slo,
+                  dec_a, dec_b, context, steps, stall, budget):
+    """Per row, the largest predicted ATGT / SLO with the request added over the residents
+    still within ``budget`` without it (-inf: none)."""
+    out = np.empty(rows.size)
+    slots = remaining.shape[1]
+    for i in range(rows.size):
+        w = rows[i]
+        d = delta[w]
+        per_step = dec_a[w] + dec_b[w] * context
+        shift = cum_time[w, d]
+        worst = -np.inf
+        for s in range(slots):
+            inv = inv_tokens_slo[w, s]
+            if inv == 0.0:
+                continue
+            ratio = atgt_base[w, s] + atgt_clock[w, s] * observed[w] - shift * inv
+            if ratio > budget:
+                continue  # already predicted to miss: holding requests back cannot save it
+            share = min(max(remaining[w, s] - d, 0), steps)
+            added = share * per_step + dec_b[w] * share * (share - 1) / 2.0 + stall[i]
+            worst = max(worst, ratio + added * inv)
+        out[i] = worst
+    return out
+
+
+@njit(cache=True)
+def ttft(decoding, decoding_context_base, step, unprefilled, prefill_work_ahead, max_batched_tokens, dec_a, dec_b,
+         dec_c, pre_a, pre_q, pre_pass, frontend, waited, frontend_paid, context, own_tokens):
+    """Per worker, the request's predicted TTFT and its TTFT alone on an idle worker.
+
+    The front end (unless already paid), then the prompts queued ahead in iterations of at most
+    ``max_batched_tokens`` that also carry the worker's decodes, then its own prefill.
+    """
+    n = decoding.size
+    predicted = np.empty(n)
+    alone = np.empty(n)
+    for w in range(n):
+        wait = max(waited, frontend[w]) if frontend_paid else waited + frontend[w]
+        batch = decoding[w]
+        if batch > 0:
+            per_iteration = dec_a[w] * batch + dec_b[w] * (decoding_context_base[w] + batch * step[w]) + dec_c[w]
+        else:
+            per_iteration = pre_pass[w]
+        budget = max(max_batched_tokens[w] - batch, 1.0)
+        own_work = pre_a[w] * context + pre_q[w] * context * context
+        predicted[w] = (wait + math.ceil((unprefilled[w] + own_tokens) / budget) * per_iteration
+                        + prefill_work_ahead[w] + own_work)
+        alone[w] = wait + own_work + max(math.ceil(context / max_batched_tokens[w]), 1.0) * pre_pass[w]
+    return predicted, alone
+
+
+@njit(cache=True)
+def own_atgt(rows, delta, horizon, cum_time, dec_a, dec_b, dec_c, context, steps, past, tokens):
+    """Per row, the request's predicted ATGT and its ATGT alone on an idle worker: it adds
+    a + b * (context + k) to every step k it shares and runs alone after the worker's horizon."""
+    predicted = np.empty(rows.size)
+    alone = np.empty(rows.size)
+    for i in range(rows.size):
+        w = rows[i]
+        d = delta[w]
+        left = horizon[w] - d
+        shared = min(steps, max(left, 0))
+        added = steps * (dec_a[w] + dec_b[w] * context) + dec_b[w] * steps * (steps - 1) / 2.0
+        future = cum_time[w, d + shared] - cum_time[w, d] + added + dec_c[w] * max(steps - left, 0)
+        predicted[i] = (past + future) / tokens
+        alone[i] = (past + added + dec_c[w] * steps) / tokens
+    return predicted, alone
