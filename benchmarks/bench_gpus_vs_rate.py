@@ -13,9 +13,10 @@ x the prefill of the median ShareGPT prompt, ATGT = ``--atgt-mult`` x the per-to
 that request decoding alone (batch 1); the absolute values are printed. The rates are
 ``--multiples`` of one worker's FCFS knee (the highest rate one worker meets the target at, under
 vLLM's own scheduling), so they span 1 to 64 workers' worth of load. Each rate is planned with
-``aladdin.plugin.plan.planner`` for every policy: aladdin with the predictor (the best of
-``--headroom``), aladdin with oracle lengths (the best of ``--oracle-headroom``, the ceiling), and
-the baselines jsq, po2, rr and least-kv. Without ``--profile`` a built-in CPU-tiny-like model is
+``aladdin.plugin.plan.planner`` for every policy: aladdin packing and aladdin-spread with the
+predictor (each the best of ``--headroom`` x ``--queue``; ``aladdin-best`` is the cheaper of
+the two), aladdin with oracle lengths (the best of ``--oracle-headroom``, the ceiling), and the
+baselines jsq, po2, rr and least-kv. Without ``--profile`` a built-in CPU-tiny-like model is
 used (guessed coefficients, not a measurement).
 
 Speed: the aladdin policy costs about 1 ms of simulation per request at these loads, so the
@@ -53,7 +54,8 @@ CPU_TINY_GUESS = PerfModel(
     max_num_seqs=64,
     max_batched_tokens=2048,
 )
-FAMILY_ORDER = ("aladdin", "aladdin-oracle", "jsq", "po2", "rr", "least-kv")
+FAMILY_ORDER = ("aladdin-best", "aladdin", "aladdin-spread", "aladdin-oracle", "jsq", "po2", "rr", "least-kv")
+ALADDIN_PREDICTED = ("aladdin", "aladdin-spread")  # aladdin-best: the cheaper of the two at each rate
 DEFAULT_JSQ = "jsq (G={} default)"
 
 
@@ -70,8 +72,9 @@ def main() -> None:
     parser.add_argument("--attainment", type=float, default=0.99)
     parser.add_argument("--multiples", default="1,2,4,8,16,32,64",
                         help="rates as multiples of one worker's FCFS knee")
-    parser.add_argument("--policies", default="aladdin,jsq,po2,rr,least-kv")
+    parser.add_argument("--policies", default="aladdin,aladdin-spread,jsq,po2,rr,least-kv")
     parser.add_argument("--headroom", default="0.05,0.1", help="aladdin (predicted lengths) headrooms to try")
+    parser.add_argument("--queue", default="fcfs,edf", help="central queue orders to try for aladdin (pack and spread)")
     parser.add_argument("--oracle-headroom", default="0,0.05",
                         help="aladdin with oracle lengths: headrooms to try ('' to skip the ceiling)")
     parser.add_argument("--num-requests", type=int, default=1000, help="requests per single-worker probe")
@@ -93,7 +96,7 @@ def main() -> None:
           f"beyond that), Poisson arrivals; mean prompt {workload.prompts.mean():.0f}, mean output "
           f"{workload.outputs.mean():.0f} tokens")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    variants = variants_for(policies, numbers(args.headroom))
+    variants = variants_for(policies, numbers(args.headroom), queues=[q for q in args.queue.split(",") if q])
     if "aladdin" in policies:
         variants += [Variant("aladdin", h, oracle_lengths=True) for h in numbers(args.oracle_headroom)]
     configs = ([WorkerConfig.from_profile(path) for path in args.profile] if args.profile
@@ -127,7 +130,8 @@ def run_profiles(configs: list[WorkerConfig], workload: Workload, variants: list
     print(f"one-worker FCFS knee {knee:.3f} req/s; rates {', '.join(f'{r:.3g}' for r in rates)} req/s")
     started = time.perf_counter()
     result = planner.plan(rates)
-    families = [f for f in FAMILY_ORDER if any(v.family == f for v in variants)]
+    families = [f for f in FAMILY_ORDER if any(v.family == f for v in variants)
+                or (f == "aladdin-best" and any(v.family in ALADDIN_PREDICTED for v in variants))]
     default = DEFAULT_JSQ.format(args.default_gpus)
     several = len(configs) > 1
     if several and "jsq" in families and any(c.gpus_per_worker == args.default_gpus for c in configs):
@@ -137,6 +141,8 @@ def run_profiles(configs: list[WorkerConfig], workload: Workload, variants: list
     rows = []
     for multiple, rate in zip(multiples, rates):
         best = result.best(rate)
+        met = [best[f] for f in ALADDIN_PREDICTED if best.get(f) is not None and best[f].gpus is not None]
+        best["aladdin-best"] = min(met, key=lambda c: c.gpus) if met else None
         best[default] = next((c for c in result.checks if c.rate == rate and c.variant.family == "jsq"
                               and c.gpus_per_worker == args.default_gpus), None)
         cells = []
@@ -145,14 +151,19 @@ def run_profiles(configs: list[WorkerConfig], workload: Workload, variants: list
             if check is not None and check.gpus is None:
                 check = None
             note = (f" G{check.gpus_per_worker}" if check and several else "") + (
-                f" h={check.variant.headroom:g}" if check and check.variant.policy == "aladdin" else "")
+                f" h={check.variant.headroom:g}{' edf' if check.variant.queue == 'edf' else ''}"
+                if check and check.variant.slo_aware else "")
+            if family == "aladdin-best" and check is not None:
+                note += " spread" if check.variant.policy == "aladdin-spread" else " pack"
             cells.append(f"{'not met' if check is None else str(check.gpus) + note:>18}")
             rows.append({"multiple": multiple, "rate": rate, "policy": family,
                          "gpus": None if check is None else check.gpus,
                          "workers": None if check is None else check.workers,
                          "prefill_workers": None if check is None else check.prefill_workers,
                          "gpus_per_worker": None if check is None else check.gpus_per_worker,
-                         "headroom": None if check is None or check.variant.policy != "aladdin" else check.variant.headroom,
+                         "headroom": None if check is None or not check.variant.slo_aware else check.variant.headroom,
+                         "queue": None if check is None or not check.variant.slo_aware else check.variant.queue,
+                         "variant": None if check is None else check.variant.policy,
                          "attainment": None if check is None else check.attainment})
         print(f"{multiple:>6g} {rate:>8.3g} " + " ".join(cells), flush=True)
     print(f"planned in {time.perf_counter() - started:.0f}s")

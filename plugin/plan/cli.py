@@ -56,8 +56,9 @@ def _policies(text: str) -> list[str]:
               help="Placement policies to plan for, comma-separated.")
 @click.option("--headroom", "headroom_list", default="0,0.05,0.1", show_default=True,
               help="Headrooms of the SLO-aware policies to try; each policy keeps the one needing the fewest GPUs.")
-@click.option("--queue", "queue_order", type=click.Choice(QUEUE_ORDERS), default="fcfs", show_default=True,
-              help="Central queue order: arrival (fcfs) or earliest TTFT deadline (edf).")
+@click.option("--queue", "queue_list", default="fcfs", show_default=True,
+              help=f"Central queue orders to try for the SLO-aware policies ({', '.join(QUEUE_ORDERS)}: arrival or "
+                   "earliest TTFT deadline), comma-separated; each policy keeps the best.")
 @click.option("--oracle-lengths", is_flag=True, help="Also plan aladdin with the true output lengths (the ceiling).")
 @click.option("--split-phase", is_flag=True,
               help="Plan a prefill pool and a decode pool (placement on the decode pool) instead of colocated workers.")
@@ -92,7 +93,7 @@ def _policies(text: str) -> list[str]:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Heartbeat: write the CSV here instead of stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
-def plan(profiles, rate, rates, ttft_slo, atgt_slo, attainment, policy_list, headroom_list, queue_order, oracle_lengths,
+def plan(profiles, rate, rates, ttft_slo, atgt_slo, attainment, policy_list, headroom_list, queue_list, oracle_lengths,
          split_phase, kv_transfer_us_per_token, num_requests, check_requests, sample, dataset_path, seed, rate_tolerance,
          json_path, heartbeat_path, interval, scale_headroom, scale_down_after, min_workers, worker_rate, time_scale, csv_path, quiet):
     """Plan the GPUs a rate needs, per placement policy, with the cluster simulator."""
@@ -147,11 +148,14 @@ def plan(profiles, rate, rates, ttft_slo, atgt_slo, attainment, policy_list, hea
     if heartbeat_path is not None and split_phase:
         raise AladdinError("--heartbeat sizes colocated workers; drop --split-phase")
     config = PlanConfig(ttft_slo, atgt_slo, attainment, num_requests, check_requests, rate_tolerance, seed,
-                        split_phase=split_phase, kv_transfer_s_per_token=kv_transfer_us_per_token * 1e-6,
-                        queue=queue_order)
+                        split_phase=split_phase, kv_transfer_s_per_token=kv_transfer_us_per_token * 1e-6)
     config.validate()
+    queues = [q.strip() for q in queue_list.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in QUEUE_ORDERS]
+    if unknown or not queues:
+        raise AladdinError(f"--queue: unknown order(s) {','.join(unknown) or '(none)'}; choose from {','.join(QUEUE_ORDERS)}")
     variants: list[Variant] = variants_for(_policies(policy_list), _numbers("--headroom", headroom_list),
-                                           oracle_lengths)
+                                           oracle_lengths, queues)
     if sample is not None and sample < 1:
         raise AladdinError(f"--sample must be at least 1, got {sample}")
     sample = sample or min(num_requests, 1000)

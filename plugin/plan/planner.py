@@ -34,6 +34,7 @@ from aladdin.loadgen.datasets import RequestSpec
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.perfmodel import PerfModel
 from aladdin.plugin.core.policies import NAMED, PolicySpec, named_policy
+from aladdin.plugin.core.queue import QUEUE_ORDERS
 from aladdin.plugin.core.predictor import PredictorConfig
 from aladdin.plugin.sim.simulator import SimConfig, simulate
 
@@ -52,12 +53,16 @@ class Variant:
     policy: str
     headroom: float = 0.0  # SLO-aware policies only
     oracle_lengths: bool = False  # SLO-aware only: place with the true output lengths (the ceiling)
+    queue: str = "fcfs"  # SLO-aware only (the baselines never queue): the central queue's order
 
     def __post_init__(self) -> None:
         if self.policy not in NAMED:
             raise AladdinError(f"unknown placement policy {self.policy!r}; choose one of {', '.join(NAMED)}")
-        if not self.slo_aware and (self.headroom or self.oracle_lengths):
-            raise AladdinError(f"headroom and oracle lengths apply to the SLO-aware policies only, not {self.policy}")
+        if not self.slo_aware and (self.headroom or self.oracle_lengths or self.queue != "fcfs"):
+            raise AladdinError(f"headroom, queue order and oracle lengths apply to the SLO-aware policies only, "
+                               f"not {self.policy}")
+        if self.queue not in QUEUE_ORDERS:
+            raise AladdinError(f"queue order must be one of {', '.join(QUEUE_ORDERS)}, got {self.queue!r}")
         if not 0.0 <= self.headroom < 1.0:
             raise AladdinError(f"aladdin headroom must be in [0, 1), got {self.headroom}")
 
@@ -72,19 +77,26 @@ class Variant:
 
     @property
     def label(self) -> str:
-        return f"{self.family}(h={self.headroom:g})" if self.slo_aware else self.policy
+        if not self.slo_aware:
+            return self.policy
+        return f"{self.family}(h={self.headroom:g}{', edf' if self.queue == 'edf' else ''})"
 
     @property
     def single_worker(self) -> str:
         """Variants that behave identically on one worker share its rate search."""
-        return self.label if self.slo_aware else FCFS
+        if not self.slo_aware:
+            return FCFS
+        # pack and spread pick among the same filters: on one worker they are the same policy
+        return f"slo-aware(h={self.headroom:g}, {self.queue}{', oracle' if self.oracle_lengths else ''})"
 
     def make(self, seed: int) -> PolicySpec:
         return named_policy(self.policy, self.headroom, seed)
 
 
-def variants_for(policies: Sequence[str], headrooms: Sequence[float], oracle: bool = False) -> list[Variant]:
-    """Every policy once, aladdin once per headroom (and once more per headroom with oracle lengths)."""
+def variants_for(policies: Sequence[str], headrooms: Sequence[float], oracle: bool = False,
+                 queues: Sequence[str] = ("fcfs",)) -> list[Variant]:
+    """Every baseline once; every SLO-aware policy once per headroom and queue order (and once
+    more per headroom with oracle lengths, FCFS)."""
     if not policies:
         raise AladdinError("no placement policy to plan for")
     aware = [p for p in policies if p in NAMED and NAMED[p].takes_headroom]
@@ -93,7 +105,7 @@ def variants_for(policies: Sequence[str], headrooms: Sequence[float], oracle: bo
     out: list[Variant] = []
     for policy in dict.fromkeys(policies):
         if policy in aware:
-            out += [Variant(policy, h) for h in dict.fromkeys(headrooms)]
+            out += [Variant(policy, h, queue=q) for q in dict.fromkeys(queues) for h in dict.fromkeys(headrooms)]
             if oracle:
                 out += [Variant(policy, h, oracle_lengths=True) for h in dict.fromkeys(headrooms)]
         else:
@@ -133,7 +145,6 @@ class PlanConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     split_phase: bool = False  # plan a prefill pool and a decode pool instead of colocated workers
     kv_transfer_s_per_token: float = 0.0  # split-phase: KV hand-off time per prompt token
-    queue: str = "fcfs"  # the central queue's order (fcfs or edf)
 
     def validate(self) -> None:
         for name, value in (("--ttft-slo", self.ttft_slo), ("--atgt-slo", self.atgt_slo)):
@@ -463,7 +474,7 @@ class Planner:
             num_workers=workers, policy=variant.policy, ttft_slo=config.ttft_slo, atgt_slo=config.atgt_slo,
             oracle_lengths=variant.oracle_lengths, predictor=config.predictor, seed=config.seed,
             gpus_per_worker=worker.gpus_per_worker, prefill_workers=prefill_workers,
-            kv_transfer_s_per_token=config.kv_transfer_s_per_token, queue=config.queue,
+            kv_transfer_s_per_token=config.kv_transfer_s_per_token, queue=variant.queue,
         )
         started = time.perf_counter()
         result = simulate(self.workload.schedule(rate, count), worker.perf, sim_config, variant.make(config.seed))
