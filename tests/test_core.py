@@ -123,7 +123,7 @@ def test_atgt_counts_the_time_since_observed_not_a_frozen_past():
     decoding(s, "w0", "a", 10, 100, generated=2, atgt_slo=0.1, first_token=0.0)
     state = s.worker("w0")
     request = Request("n", 10, 0.0, atgt_slo=10.0, predicted_output_tokens=5)
-    state.current_forecast()
+    state.refresh_forecast()
     state.advance(0, 5.0)
     early = s.evaluate(request, 5.0)[0].atgt_fill
     state.advance(0, 8.0)
@@ -161,7 +161,7 @@ def test_advancing_the_clock_reads_the_same_forecast_as_rebuilding_it():
     for i, (prompt, predicted, generated) in enumerate(lengths):
         decoding(shifted, "w0", f"r{i}", prompt, predicted, generated, atgt_slo=0.05, first_token=0.0)
         decoding(rebuilt, "w0", f"r{i}", prompt, predicted, generated + 7, atgt_slo=0.05, first_token=0.0)
-    shifted.worker("w0").current_forecast()  # built at step 0, then read 7 steps on
+    shifted.worker("w0").refresh_forecast()  # built at step 0, then read 7 steps on
     shifted.worker("w0").advance(7, 0.3)
     rebuilt.worker("w0").advance(0, 0.3)
     request = Request("n", 40, 0.0, ttft_slo=1.0, atgt_slo=0.05, predicted_output_tokens=20)

@@ -34,8 +34,8 @@ from aladdin.loadgen.datasets import RequestSpec
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.perfmodel import PerfModel
 from aladdin.plugin.core.policies import NAMED, PolicySpec, named_policy
-from aladdin.plugin.core.queue import QUEUE_ORDERS
 from aladdin.plugin.core.predictor import PredictorConfig
+from aladdin.plugin.core.queue import QUEUE_ORDERS
 from aladdin.plugin.sim.simulator import SimConfig, simulate
 
 FCFS = "fcfs"  # one worker behind any baseline: every request goes to it, in arrival order
