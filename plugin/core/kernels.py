@@ -19,12 +19,14 @@ from numba import njit
 def rebuild(row, step, inflation, block_size, dec_a, dec_b, dec_c, pre_a, pre_q,
             prompt, anchor, decoding, predicted, slo, first, seq, live,
             context, remaining, atgt_base, atgt_clock, inv_tokens_slo,
-            held, upper, cum_time, held_suffix, upper_suffix):
+            held_max, upper_max, cum_time, held_suffix, upper_suffix):
     """Write worker ``row``'s forecast from its request columns at ``step``; returns its horizon.
 
     A slot holds a request when ``live``; its generated tokens are ``step - anchor`` while
     ``decoding``, else ``anchor``. When the horizon exceeds the step arrays, only ``remaining``
     and ``context`` are written and the caller grows the arrays and calls again.
+    ``held_max[l, row, k]`` = max of held[i] + i over i in [k, k + 2^l) (likewise upper): sparse
+    tables, so a decision reads the KV peak over any stretch of steps in O(1).
     """
     slots = live.shape[1]
     horizon = 0
@@ -57,14 +59,21 @@ def rebuild(row, step, inflation, block_size, dec_a, dec_b, dec_c, pre_a, pre_q,
         alive -= leaving[k]
         total -= leaving_context[k]
         h = total + k * alive  # requests with remaining > k hold context + k
-        held[row, k] = h
-        upper[row, k] = h + (block_size - 1) * alive
+        held_max[0, row, k] = h + k
+        upper_max[0, row, k] = h + (block_size - 1) * alive + k
         cum_time[row, k + 1] = cum_time[row, k] + dec_a * alive + dec_b * h + dec_c
     held_suffix[row, horizon] = -np.inf
     upper_suffix[row, horizon] = -np.inf
     for k in range(horizon - 1, -1, -1):
-        held_suffix[row, k] = max(held_suffix[row, k + 1], held[row, k])
-        upper_suffix[row, k] = max(upper_suffix[row, k + 1], upper[row, k])
+        held_suffix[row, k] = max(held_suffix[row, k + 1], held_max[0, row, k] - k)
+        upper_suffix[row, k] = max(upper_suffix[row, k + 1], upper_max[0, row, k] - k)
+    level = 1
+    while (1 << level) <= horizon:
+        half = 1 << (level - 1)
+        for k in range(horizon - (1 << level) + 1):
+            held_max[level, row, k] = max(held_max[level - 1, row, k], held_max[level - 1, row, k + half])
+            upper_max[level, row, k] = max(upper_max[level - 1, row, k], upper_max[level - 1, row, k + half])
+        level += 1
 
     # Prefills still to run stall the decodes they share: every started request waits for all
     # of them, a prompt not yet started for those placed before it.
@@ -114,7 +123,7 @@ def _started(row, s, step, anchor, decoding, first):
 
 
 @njit(cache=True)
-def kv_bounds(rows, delta, horizon, block_size, held, upper, held_suffix, upper_suffix, context, steps):
+def kv_bounds(rows, delta, horizon, block_size, held_max, upper_max, held_suffix, upper_suffix, context, steps):
     """Lower and upper bounds of the peak KV on each row with a request of ``context`` tokens
     that grows for ``steps`` steps added (unrounded; upper counts every block partly full)."""
     lower_out = np.empty(rows.size)
@@ -126,9 +135,13 @@ def kv_bounds(rows, delta, horizon, block_size, held, upper, held_suffix, upper_
         shared = min(steps, max(left, 0))
         lo = -np.inf
         hi = -np.inf
-        for k in range(d, d + shared):
-            lo = max(lo, held[w, k] + (k - d) + context)
-            hi = max(hi, upper[w, k] + (k - d) + context + block_size[w] - 1)
+        if shared > 0:  # the steps it shares: max of held[k] + k over [d, d + shared), by two table reads
+            level = 0
+            while (2 << level) <= shared:
+                level += 1
+            end = d + shared - (1 << level)
+            lo = max(held_max[level, w, d], held_max[level, w, end]) - d + context
+            hi = max(upper_max[level, w, d], upper_max[level, w, end]) - d + context + block_size[w] - 1
         lo = max(lo, held_suffix[w, d + shared])
         hi = max(hi, upper_suffix[w, d + shared])
         if steps > left:  # alone after the worker's horizon: its own peak
@@ -140,19 +153,18 @@ def kv_bounds(rows, delta, horizon, block_size, held, upper, held_suffix, upper_
 
 
 @njit(cache=True)
-def resident_atgt(rows, delta, observed, cum_time, remaining, atgt_base, atgt_clock, inv_tokens_slo,
+def resident_atgt(rows, delta, observed, slots_used, cum_time, remaining, atgt_base, atgt_clock, inv_tokens_slo,
                   dec_a, dec_b, context, steps, stall, budget):
     """Per row, the largest predicted ATGT / SLO with the request added over the residents
     still within ``budget`` without it (-inf: none)."""
     out = np.empty(rows.size)
-    slots = remaining.shape[1]
     for i in range(rows.size):
         w = rows[i]
         d = delta[w]
         per_step = dec_a[w] + dec_b[w] * context
         shift = cum_time[w, d]
         worst = -np.inf
-        for s in range(slots):
+        for s in range(slots_used[w]):
             inv = inv_tokens_slo[w, s]
             if inv == 0.0:
                 continue

@@ -111,7 +111,7 @@ class Evaluation:
         """Lower and upper bounds of the peak KV (unrounded) with the request added, on ``rows``."""
         pool = self.pool
         lower, upper = kernels.kv_bounds(
-            rows, self.delta, pool.horizon, pool.block_size, pool.held, pool.upper, pool.held_suffix,
+            rows, self.delta, pool.horizon, pool.block_size, pool.held_max, pool.upper_max, pool.held_suffix,
             pool.upper_suffix, float(self.context), self.steps,
         )
         self.kv_fill[rows] = np.maximum(lower, 0.0) / pool.scalar("capacity")[rows]
@@ -151,7 +151,7 @@ class Evaluation:
         pool = self.pool
         stall = np.zeros(rows.size) if self.request.started else self.own_prefill_work[rows]
         return kernels.resident_atgt(
-            rows, self.delta, pool.observed, pool.cum_time, pool.remaining, pool.atgt_base, pool.atgt_clock,
+            rows, self.delta, pool.observed, pool.slots_used, pool.cum_time, pool.remaining, pool.atgt_base, pool.atgt_clock,
             pool.inv_tokens_slo, pool.scalar("dec_a"), pool.scalar("dec_b"), float(self.context), self.steps,
             stall, budget,
         )

@@ -127,6 +127,7 @@ class WorkerState:
             self._pool.grow_slots(slot + 1)
         self._slot[request.id] = slot
         pool, row = self._pool, self.index
+        pool.slots_used[row] = max(pool.slots_used[row], slot + 1)
         pool.prompt[row, slot] = request.prompt_tokens
         pool.predicted[row, slot] = request.predicted_output_tokens
         pool.slo[row, slot] = request.atgt_slo
@@ -322,8 +323,9 @@ class WorkerPool:
     ``slo`` (ATGT), ``first`` (first-token time), ``seq`` (placement order), ``live``.
     Forecast, from ``origin`` on: per slot ``context``, ``remaining``, and the ATGT terms
     (ratio = atgt_base + atgt_clock * observed - cum_time[delta] * inv_tokens_slo); per step
-    ``held`` (KV tokens, unrounded), ``upper`` (held + a partly full block per request),
-    ``cum_time`` and the suffix maxima of held and upper. Rows are rebuilt only for workers
+    ``cum_time``, and the KV tokens held (unrounded) and its bound ``upper`` (a partly full
+    block per request more) as suffix maxima (``held_suffix``, ``upper_suffix``) and as sparse
+    tables of held[k] + k and upper[k] + k (``held_max``, ``upper_max``; core.kernels.rebuild). Rows are rebuilt only for workers
     whose requests changed, and the arrays grow geometrically.
     """
 
@@ -338,7 +340,7 @@ class WorkerPool:
         ("context", np.int64, 0), ("remaining", np.int64, 0), ("atgt_base", np.float64, -math.inf),
         ("atgt_clock", np.float64, 0.0), ("inv_tokens_slo", np.float64, 0.0),
     )
-    STEP_COLUMNS = ("held", "upper", "cum_time", "held_suffix", "upper_suffix")
+    STEP_COLUMNS = ("cum_time", "held_suffix", "upper_suffix")
 
     def __init__(self, workers: Sequence[tuple[str, PerfModel]]):
         if not workers:
@@ -350,6 +352,7 @@ class WorkerPool:
         self.touched: set[int] = set()  # rows whose counters changed since the last decision
         self.step = np.zeros(len(ids), dtype=np.int64)  # each worker's clock, written by WorkerState.advance
         self.observed = np.zeros(len(ids))
+        self.slots_used = np.zeros(len(ids), dtype=np.int64)  # per row: one past its highest slot ever used
         self.scalars = np.zeros((len(self.SCALARS), len(ids)))
         self._column = {name: i for i, name in enumerate(self.SCALARS)}
         self._views = {name: self.scalars[i] for i, name in enumerate(self.SCALARS)}
@@ -398,6 +401,13 @@ class WorkerPool:
             if self.step_width:
                 grown[:, : self.step_width + 1] = getattr(self, name)
             setattr(self, name, grown)
+        levels = (width + 1).bit_length()
+        for name in ("held_max", "upper_max"):
+            grown = np.full((levels, len(self.ids), width + 1), -math.inf)
+            if self.step_width:
+                old = getattr(self, name)
+                grown[: old.shape[0], :, : self.step_width + 1] = old
+            setattr(self, name, grown)
         self.step_width = width
 
     def rebuild(self, worker: WorkerState) -> None:
@@ -408,7 +418,7 @@ class WorkerPool:
                 row, worker.step, worker.length_inflation, perf.kv.block_size, perf.decode.a, perf.decode.b,
                 perf.decode.c, perf.prefill.a, perf.prefill.q, self.prompt, self.anchor, self.decoding, self.predicted,
                 self.slo, self.first, self.seq, self.live, self.context, self.remaining, self.atgt_base,
-                self.atgt_clock, self.inv_tokens_slo, self.held, self.upper, self.cum_time, self.held_suffix,
+                self.atgt_clock, self.inv_tokens_slo, self.held_max, self.upper_max, self.cum_time, self.held_suffix,
                 self.upper_suffix,
             )
             if horizon <= self.step_width:
