@@ -68,8 +68,7 @@ class WorkerState:
         self._slot: dict[str, int] = {}  # request -> its column in the pool's row
         self._free_slots: list[int] = []
         self._placed = 0  # placement sequence, for the order of queued prompts
-        self.dirty = True
-        self._touch()
+        self._changed()
 
     # ------------------------------------------------------------------ reading
 
@@ -114,8 +113,8 @@ class WorkerState:
         self._pool.touched.add(self.index)
 
     def _changed(self) -> None:
-        """Requests or predictions changed: the forecast is rebuilt at the next decision."""
-        self.dirty = True
+        """Requests or predictions changed: the forecast is rebuilt before it is next read."""
+        self._pool.stale.add(self.index)
         self._touch()
 
     def place(self, request: Request) -> None:
@@ -310,9 +309,9 @@ class WorkerState:
 
     def refresh_forecast(self) -> None:
         """Rebuild this worker's forecast row now if its requests or predictions changed."""
-        if self.dirty:
+        if self.index in self._pool.stale:
             self._pool.rebuild(self)
-            self.dirty = False
+            self._pool.stale.discard(self.index)
 
 
 class WorkerPool:
@@ -350,6 +349,7 @@ class WorkerPool:
             raise AladdinError(f"worker ids must be unique, got {ids}")
         self.ids = ids
         self.touched: set[int] = set()  # rows whose counters changed since the last decision
+        self.stale: set[int] = set()  # rows whose forecast must be rebuilt before it is read
         self.step = np.zeros(len(ids), dtype=np.int64)  # each worker's clock, written by WorkerState.advance
         self.observed = np.zeros(len(ids))
         self.slots_used = np.zeros(len(ids), dtype=np.int64)  # per row: one past its highest slot ever used
@@ -431,21 +431,21 @@ class WorkerPool:
     def sync(self, forecasts: bool = True) -> None:
         """Refresh the rows of the workers that changed since the last decision; rebuild their
         forecasts where requests or predictions changed (unless the policy reads none)."""
-        if not self.touched:
-            return
-        columns = [self.scalar(name) for name in (
-            "outstanding", "decoding", "decoding_context_base", "unprefilled", "prefill_work_ahead", "kv_held")]
-        for index in self.touched:
-            w = self.workers[index]
-            for column, value in zip(columns, (
-                len(w.requests), w.num_decoding, w.decoding_context_base, w.unprefilled_tokens,
-                w.prefill_work_ahead, w.kv_tokens_held(),
-            )):
-                column[index] = value
-            if forecasts:
-                w.refresh_forecast()
-        if forecasts:
+        if self.touched:
+            columns = [self.scalar(name) for name in (
+                "outstanding", "decoding", "decoding_context_base", "unprefilled", "prefill_work_ahead", "kv_held")]
+            for index in self.touched:
+                w = self.workers[index]
+                for column, value in zip(columns, (
+                    len(w.requests), w.num_decoding, w.decoding_context_base, w.unprefilled_tokens,
+                    w.prefill_work_ahead, w.kv_tokens_held(),
+                )):
+                    column[index] = value
             self.touched.clear()
+        if forecasts and self.stale:
+            for index in self.stale:
+                self.rebuild(self.workers[index])
+            self.stale.clear()
 
     def steps_since_forecast(self) -> np.ndarray:
         """Per worker: decode steps since its forecast's origin, within its horizon."""
