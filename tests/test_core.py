@@ -258,3 +258,46 @@ def test_many_workers_evaluate_like_each_alone():
         assert together[w].kv_fill == pytest.approx(single.kv_fill)
         assert together[w].atgt_fill == pytest.approx(single.atgt_fill)
         assert together[w].violates == single.violates
+
+
+def test_router_token_reports_move_the_workers_clock_and_re_anchor_a_lagging_stream():
+    s = scheduler(workers=1)
+    a = decoding(s, "w0", "a", 10, 50, generated=1)
+    b = decoding(s, "w0", "b", 10, 50, generated=1)
+    state = s.worker("w0")
+    s.tokens("a", 2, 0.1)  # a stream ahead of the clock: the engine stepped
+    assert state.step == 1 and state.generated(b) == 2  # the batch follows
+    s.tokens("b", 2, 0.1)  # consistent: nothing changes
+    assert state.step == 1
+    s.tokens("a", 6, 0.2)
+    s.tokens("b", 2, 0.2)  # four steps behind (stalled or preempted): re-anchored
+    assert state.generated(a) == 6 and state.generated(b) == 2
+
+
+def test_abort_frees_the_worker_or_the_queue_without_teaching_the_predictor():
+    s = scheduler(workers=1)
+    for i in range(4):
+        decoding(s, "w0", f"r{i}", 10, 50)
+    queued = Request("q", 10, 0.0)
+    assert s.arrive(queued, 0.0) == []
+    assert s.abort("q", 0.1) == [] and not len(s.queue)
+    waiting = Request("w", 10, 0.0)
+    s.arrive(waiting, 0.0)
+    assert [d.request.id for d in s.abort("r0", 0.2)] == ["w"]  # room freed: the queue is retried
+    assert s.predictor.observed == 0
+
+
+def test_reconcile_replaces_the_event_picture_with_the_engines_report():
+    from aladdin.plugin.core.worker import RequestReport
+
+    s = scheduler(workers=1)
+    a = decoding(s, "w0", "a", 100, 200, generated=5)
+    queued = Request("p", 300, 0.0, predicted_output_tokens=10)
+    s.worker("w0").place(queued)
+    s.requests["p"] = queued
+    state = s.worker("w0")
+    assert state.unprefilled_tokens == 300
+    s.reconcile("w0", [RequestReport("a", 40, 140, True), RequestReport("p", 0, 250, False)], 512, 1.0)
+    assert state.generated(a) == 40 and state.unprefilled_tokens == 50 and state.kv_tokens_held() == 512
+    fit = s.evaluate(Request("n", 10, 1.0, predicted_output_tokens=5), 1.0)[0]
+    assert fit.kv_fill == pytest.approx((144 + 304 + 14) / 1024)  # a, p and n four steps on (n's last)

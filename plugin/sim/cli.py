@@ -15,6 +15,7 @@ import click
 from aladdin.clicommand import command
 from aladdin.errors import AladdinError
 from aladdin.loadgen.cli import workload_options, workload_schedule
+from aladdin.loadgen.records import refuse_existing_run
 from aladdin.plugin.core.policies import POLICY_NAMES
 from aladdin.plugin.core.queue import QUEUE_ORDERS
 
@@ -59,8 +60,7 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
     workload, make_schedule = workload_schedule(workload_flags)
     seed = workload.seed
     spec = parse_policy(policy, headroom, seed)
-    if (output / "requests.jsonl").exists():
-        raise AladdinError(f"{output} already holds a run (requests.jsonl); choose another --output")
+    refuse_existing_run(output)
     perf = load_profile(profile_path)
     measured = perf.meta.get("gpus_per_worker")
     if measured != gpus_per_worker:

@@ -37,15 +37,13 @@ from typing import Any
 import numpy as np
 
 from aladdin.errors import AladdinError
-from aladdin.loadgen.records import OK, SCHEMA_VERSION, RequestRecord
+from aladdin.loadgen.records import OK, RUN_SCHEMA_VERSION, SCHEMA_VERSION, RequestRecord, refuse_existing_run
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.lifecycle import Decision, Placement, Scheduler, SchedulerConfig
 from aladdin.plugin.core.perfmodel import PerfModel
 from aladdin.plugin.core.policies import PolicySpec, named_policy
 from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig, prediction_errors
 from aladdin.plugin.core.request import Request
-
-RUN_SCHEMA_VERSION = 1  # run.json layout; loadgen.replay's constant (not imported: it pulls in gevent)
 
 
 @dataclass(frozen=True)
@@ -249,8 +247,7 @@ class SimResult:
               ttft_slo: float = math.inf, atgt_slo: float = math.inf) -> Path:
         """Write ``requests.jsonl`` and ``run.json`` into ``output`` (created; must hold no run)."""
         output = Path(output)
-        if (output / "requests.jsonl").exists():
-            raise AladdinError(f"{output} already holds a run (requests.jsonl); choose another --output")
+        refuse_existing_run(output)
         output.mkdir(parents=True, exist_ok=True)
         self._write_records(output / "requests.jsonl")
         run = {
