@@ -98,3 +98,18 @@ def test_online_error_on_sharegpt(tiny_model_dir):
     assert 20 < mean.median_abs_pct_error < 80
     assert high.under_prediction_rate < 0.2 < mean.under_prediction_rate
     assert high.mean_abs_error > mean.mean_abs_error
+
+
+def test_the_sorted_window_agrees_with_the_ring_buffer_through_evictions():
+    """Re-predictions read a sorted copy kept up to date in place; it must stay the window."""
+    from aladdin.plugin.core.predictor import _Window
+
+    rng = np.random.default_rng(0)
+    window = _Window(64)
+    for _ in range(500):
+        window.add(int(rng.integers(1, 500)))
+        values = window.filled()
+        assert (window._sorted[: window.count] == np.sort(values)).all()
+        threshold = int(rng.integers(0, 500))
+        tail, total = window.longer_than(threshold)
+        assert tail.size == (values > threshold).sum() and total == values[values > threshold].sum()

@@ -220,3 +220,27 @@ def own_atgt(rows, delta, horizon, cum_time, dec_a, dec_b, dec_c, context, steps
         predicted[i] = (past + future) / tokens
         alone[i] = (past + added + dec_c[w] * steps) / tokens
     return predicted, alone
+
+
+@njit(cache=True)
+def sorted_replace(values, count, evict, old, new):
+    """Keep ``values[:count]`` ascending: take out one ``old`` (when ``evict``), put in ``new``.
+    Without an eviction ``count`` already includes the new value's place."""
+    n = count if evict else count - 1  # values sorted in [:n] before the change
+    if evict:
+        i = np.searchsorted(values[:n], old)
+        values[i : n - 1] = values[i + 1 : n].copy()
+        n -= 1
+    j = np.searchsorted(values[:n], new)
+    values[j + 1 : n + 1] = values[j:n].copy()
+    values[j] = new
+
+
+@njit(cache=True)
+def tail_above(values, count, threshold):
+    """(first index of ``values[:count]`` (ascending) above ``threshold``, sum of the tail)."""
+    start = np.searchsorted(values[:count], threshold, side="right")
+    total = 0
+    for i in range(start, count):
+        total += values[i]
+    return start, total

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from aladdin.plugin.core import kernels
+
 
 @dataclass(frozen=True)
 class PredictorConfig:
@@ -53,9 +55,11 @@ class PredictorConfig:
 
 
 class _Window:
-    """A ring buffer of the latest output lengths with a running sum and a cached statistic."""
+    """A ring buffer of the latest output lengths, kept sorted too, with a running sum and a
+    cached statistic. The sorted copy is updated in place on every add (core.kernels), so a
+    re-prediction's conditional statistic is a binary search and a sum over the tail."""
 
-    __slots__ = ("values", "count", "next", "total", "cached", "_sorted", "_suffix_sums")
+    __slots__ = ("values", "count", "next", "total", "cached", "_sorted")
 
     def __init__(self, size: int):
         self.values = np.zeros(size, dtype=np.int64)
@@ -63,31 +67,28 @@ class _Window:
         self.next = 0
         self.total = 0
         self.cached: float | None = None
-        self._sorted: np.ndarray | None = None  # the filled values, sorted (rebuilt after a change)
-        self._suffix_sums: np.ndarray | None = None  # _suffix_sums[i] = sum of _sorted[i:]
+        self._sorted = np.zeros(size, dtype=np.int64)  # the filled values, ascending, in [:count]
 
     def add(self, value: int) -> None:
-        if self.count == self.values.size:
-            self.total -= int(self.values[self.next])
+        full = self.count == self.values.size
+        evicted = int(self.values[self.next]) if full else 0
+        if full:
+            self.total -= evicted
         else:
             self.count += 1
+        kernels.sorted_replace(self._sorted, self.count, full, evicted, value)
         self.values[self.next] = value
         self.total += value
         self.next = (self.next + 1) % self.values.size
         self.cached = None
-        self._sorted = None
 
     def filled(self) -> np.ndarray:
         return self.values[: self.count]
 
     def longer_than(self, generated: int) -> tuple[np.ndarray, int]:
-        """The sorted values above ``generated`` and their sum: what a re-prediction conditions
-        on (one sort per change of the window, then a binary search per call)."""
-        if self._sorted is None:
-            self._sorted = np.sort(self.filled())
-            self._suffix_sums = np.append(np.cumsum(self._sorted[::-1])[::-1], 0)
-        start = int(np.searchsorted(self._sorted, generated, side="right"))
-        return self._sorted[start:], int(self._suffix_sums[start])
+        """The sorted values above ``generated`` and their sum: what a re-prediction conditions on."""
+        start, total = kernels.tail_above(self._sorted, self.count, generated)
+        return self._sorted[start : self.count], total
 
 
 class LengthPredictor:
