@@ -122,12 +122,18 @@ def _started(row, s, step, anchor, decoding, first):
     return _generated(row, s, step, anchor, decoding) >= 1 and math.isfinite(first[row, s])
 
 
+KV_FITS, KV_OVER, KV_CLOSE = 0, 1, 2  # kv_check's verdicts; CLOSE: the bounds straddle the limit
+
+
 @njit(cache=True)
-def kv_bounds(rows, delta, horizon, block_size, held_max, upper_max, held_suffix, upper_suffix, context, steps):
-    """Lower and upper bounds of the peak KV on each row with a request of ``context`` tokens
-    that grows for ``steps`` steps added (unrounded; upper counts every block partly full)."""
-    lower_out = np.empty(rows.size)
-    upper_out = np.empty(rows.size)
+def kv_check(rows, delta, horizon, block_size, capacity, held_max, upper_max, held_suffix, upper_suffix,
+             context, steps, share):
+    """Per row: the peak KV's fill (its lower bound / capacity) with a request of ``context``
+    tokens growing for ``steps`` steps added, and whether it stays within ``share`` of the
+    capacity (the bounds: unrounded, and every block partly full). A request bigger than the
+    cache even alone always fits: holding it back would not help."""
+    fill = np.empty(rows.size)
+    verdict = np.empty(rows.size, dtype=np.int64)
     for i in range(rows.size):
         w = rows[i]
         d = delta[w]
@@ -147,9 +153,16 @@ def kv_bounds(rows, delta, horizon, block_size, held_max, upper_max, held_suffix
         if steps > left:  # alone after the worker's horizon: its own peak
             lo = max(lo, context + steps - 1.0)
             hi = max(hi, context + steps - 1.0 + block_size[w] - 1)
-        lower_out[i] = lo
-        upper_out[i] = hi
-    return lower_out, upper_out
+        fill[i] = max(lo, 0.0) / capacity[w]
+        limit = share * capacity[w]
+        bs = block_size[w]
+        if math.ceil((context + steps - 1.0) / bs) * bs > limit or hi <= limit:
+            verdict[i] = KV_FITS
+        elif lo > limit:
+            verdict[i] = KV_OVER
+        else:
+            verdict[i] = KV_CLOSE
+    return fill, verdict
 
 
 @njit(cache=True)
@@ -205,11 +218,12 @@ def ttft(decoding, decoding_context_base, step, unprefilled, prefill_work_ahead,
 
 
 @njit(cache=True)
-def own_atgt(rows, delta, horizon, cum_time, dec_a, dec_b, dec_c, context, steps, past, tokens):
-    """Per row, the request's predicted ATGT and its ATGT alone on an idle worker: it adds
+def own_atgt(rows, delta, horizon, cum_time, dec_a, dec_b, dec_c, context, steps, past, tokens, slo, budget):
+    """Per row, the request's predicted ATGT / SLO (0 where even an idle worker would miss
+    ``budget`` x SLO: the constraint is dropped) and whether it is within the budget. It adds
     a + b * (context + k) to every step k it shares and runs alone after the worker's horizon."""
-    predicted = np.empty(rows.size)
-    alone = np.empty(rows.size)
+    fill = np.empty(rows.size)
+    keep = np.empty(rows.size, dtype=np.bool_)
     for i in range(rows.size):
         w = rows[i]
         d = delta[w]
@@ -217,9 +231,14 @@ def own_atgt(rows, delta, horizon, cum_time, dec_a, dec_b, dec_c, context, steps
         shared = min(steps, max(left, 0))
         added = steps * (dec_a[w] + dec_b[w] * context) + dec_b[w] * steps * (steps - 1) / 2.0
         future = cum_time[w, d + shared] - cum_time[w, d] + added + dec_c[w] * max(steps - left, 0)
-        predicted[i] = (past + future) / tokens
-        alone[i] = (past + added + dec_c[w] * steps) / tokens
-    return predicted, alone
+        predicted = (past + future) / tokens
+        if (past + added + dec_c[w] * steps) / tokens > budget * slo:
+            fill[i] = 0.0
+            keep[i] = True
+        else:
+            fill[i] = predicted / slo
+            keep[i] = predicted <= budget * slo
+    return fill, keep
 
 
 @njit(cache=True)

@@ -107,16 +107,17 @@ class Evaluation:
 
     # ------------------------------------------------------------------ KV
 
-    def kv_bounds(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper bounds of the peak KV (unrounded) with the request added, on ``rows``."""
+    def kv_check(self, rows: np.ndarray, share: float) -> np.ndarray:
+        """Per row, whether the predicted peak KV with the request stays within ``share`` of the
+        cache (kernels.KV_FITS / KV_OVER / KV_CLOSE: the bounds straddle, see ``exact_peak``)."""
         pool = self.pool
-        lower, upper = kernels.kv_bounds(
-            rows, self.delta, pool.horizon, pool.block_size, pool.held_max, pool.upper_max, pool.held_suffix,
-            pool.upper_suffix, float(self.context), self.steps,
+        fill, verdict = kernels.kv_check(
+            rows, self.delta, pool.horizon, pool.block_size, pool.scalar("capacity"), pool.held_max, pool.upper_max,
+            pool.held_suffix, pool.upper_suffix, float(self.context), self.steps, share,
         )
-        self.kv_fill[rows] = np.maximum(lower, 0.0) / pool.scalar("capacity")[rows]
+        self.kv_fill[rows] = fill
         self.kv_done[rows] = True
-        return lower, upper
+        return verdict
 
     def exact_peak(self, row: int) -> int:
         """Block-rounded peak KV of worker ``row`` with the request (where the bounds straddle)."""
@@ -129,16 +130,19 @@ class Evaluation:
 
     # ------------------------------------------------------------------ ATGT
 
-    def own_atgt(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted ATGT of the request on ``rows``, its ATGT alone on an idle worker); a request
-        that already streamed (split-phase) counts that time too."""
+    def own_atgt(self, rows: np.ndarray, budget: float) -> np.ndarray:
+        """Which ``rows`` keep the request's predicted ATGT within ``budget`` x its SLO (its fill
+        is recorded); a request that already streamed (split-phase) counts that time too."""
         pool, p = self.pool, self.steps
         if self.request.started:
             past, tokens = max(self.now - self.request.first_token_time, 0.0), p + self.generated - 1
         else:
             past, tokens = 0.0, p
-        return kernels.own_atgt(rows, self.delta, pool.horizon, pool.cum_time, pool.scalar("dec_a"),
-                                pool.scalar("dec_b"), pool.scalar("dec_c"), float(self.context), p, past, float(tokens))
+        fill, keep = kernels.own_atgt(rows, self.delta, pool.horizon, pool.cum_time, pool.scalar("dec_a"),
+                                      pool.scalar("dec_b"), pool.scalar("dec_c"), float(self.context), p, past,
+                                      float(tokens), self.request.atgt_slo, budget)
+        self.atgt_fill[rows] = np.maximum(self.atgt_fill[rows], fill)
+        return keep
 
     def resident_atgt(self, rows: np.ndarray, budget: float) -> np.ndarray:
         """Largest predicted ATGT / SLO, with the request added, over the residents of ``rows``
@@ -192,13 +196,12 @@ class KVPeak(Filter):
     name = "kv"
 
     def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
-        lower, upper = ev.kv_bounds(rows)
-        limit = (1.0 - self.headroom) * ev.s("capacity")[rows]
-        block = ev.s("block_size")[rows]
-        fits_alone = np.ceil((ev.context + ev.steps - 1.0) / block) * block <= limit
-        keep = ~fits_alone | (upper <= limit)  # a request bigger than the cache anyway is not held back
-        for i in np.flatnonzero(fits_alone & (upper > limit) & (lower <= limit)).tolist():
-            keep[i] = ev.exact_peak(int(rows[i])) <= limit[i]
+        share = 1.0 - self.headroom
+        verdict = ev.kv_check(rows, share)
+        keep = verdict == kernels.KV_FITS
+        for i in np.flatnonzero(verdict == kernels.KV_CLOSE).tolist():
+            row = int(rows[i])
+            keep[i] = ev.exact_peak(row) <= share * ev.pool.workers[row].perf.kv.capacity_tokens
         return rows[keep]
 
 
@@ -211,14 +214,9 @@ class OwnATGT(Filter):
     own_slo = True
 
     def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
-        slo = ev.request.atgt_slo
-        if not math.isfinite(slo):
+        if not math.isfinite(ev.request.atgt_slo):
             return rows
-        atgt, alone = ev.own_atgt(rows)
-        budget = (1.0 - self.headroom) * slo
-        judged = alone <= budget
-        ev.atgt_fill[rows] = np.maximum(ev.atgt_fill[rows], np.where(judged, atgt / slo, 0.0))
-        return rows[~judged | (atgt <= budget)]
+        return rows[ev.own_atgt(rows, 1.0 - self.headroom)]
 
 
 @dataclass
@@ -286,7 +284,7 @@ class Fill:
     def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
         missing = rows[~ev.kv_done[rows]]
         if missing.size:  # no KV filter ran on them
-            ev.kv_bounds(missing)
+            ev.kv_check(missing, 1.0)
         return np.maximum(ev.kv_fill[rows], ev.atgt_fill[rows])
 
 
@@ -408,7 +406,7 @@ class Pipeline:
                     failed[i].add(f.name)
         ttft = ev.ttft()[0]
         if not ev.kv_done.all():
-            ev.kv_bounds(every)
+            ev.kv_check(every, 1.0)
         return [
             Fit(worker=w.id, kv_fill=float(ev.kv_fill[i]), atgt_fill=float(ev.atgt_fill[i]), ttft=float(ttft[i]),
                 violates=frozenset(failed[i]))
