@@ -359,7 +359,7 @@ class WorkerPool:
         self.slot_width = 0
         self.grow_slots(8)
         self.step_width = 0
-        self._grow_steps(64)
+        self._grow_steps(512)
         self.workers = [WorkerState(worker_id, perf, i, self) for i, (worker_id, perf) in enumerate(workers)]
         self.by_id = {w.id: w for w in self.workers}
         order = np.argsort(np.array(ids, dtype=object))
@@ -395,20 +395,17 @@ class WorkerPool:
         self.slot_width = width
 
     def _grow_steps(self, need: int) -> None:
-        width = max(need, self.step_width * 3 // 2)
+        """Room for ``need`` steps (doubling). The old rows are not copied: every row is rebuilt
+        before it is read again (a rebuild writes all a decision reads, up to its horizon)."""
+        width = max(need, self.step_width * 2)
+        rows = len(self.ids)
         for name in self.STEP_COLUMNS:
-            grown = np.full((len(self.ids), width + 1), -math.inf)
-            if self.step_width:
-                grown[:, : self.step_width + 1] = getattr(self, name)
-            setattr(self, name, grown)
+            setattr(self, name, np.empty((rows, width + 1)))
         levels = (width + 1).bit_length()
-        for name in ("held_max", "upper_max"):
-            grown = np.full((levels, len(self.ids), width + 1), -math.inf)
-            if self.step_width:
-                old = getattr(self, name)
-                grown[: old.shape[0], :, : self.step_width + 1] = old
-            setattr(self, name, grown)
+        self.held_max = np.empty((levels, rows, width + 1))
+        self.upper_max = np.empty((levels, rows, width + 1))
         self.step_width = width
+        self.stale.update(range(rows))
 
     def rebuild(self, worker: WorkerState) -> None:
         """Worker ``worker``'s forecast from its columns at its current step (core.kernels)."""
@@ -442,10 +439,8 @@ class WorkerPool:
                 )):
                     column[index] = value
             self.touched.clear()
-        if forecasts and self.stale:
-            for index in self.stale:
-                self.rebuild(self.workers[index])
-            self.stale.clear()
+        while forecasts and self.stale:  # a rebuild that grows the arrays marks every row stale
+            self.rebuild(self.workers[self.stale.pop()])
 
     def steps_since_forecast(self) -> np.ndarray:
         """Per worker: decode steps since its forecast's origin, within its horizon."""
