@@ -301,3 +301,13 @@ def test_reconcile_replaces_the_event_picture_with_the_engines_report():
     assert state.generated(a) == 40 and state.unprefilled_tokens == 50 and state.kv_tokens_held() == 512
     fit = s.evaluate(Request("n", 10, 1.0, predicted_output_tokens=5), 1.0)[0]
     assert fit.kv_fill == pytest.approx((144 + 304 + 14) / 1024)  # a, p and n four steps on (n's last)
+
+
+def test_a_callers_prediction_is_kept_through_queue_retries():
+    s = scheduler(workers=1)
+    for i in range(4):
+        decoding(s, "w0", f"r{i}", 10, 50)
+    given = Request("g", 10, 0.0, predicted_output_tokens=77)  # e.g. sent by the router
+    s.arrive(given, 0.0)
+    s.finish("r0", 50, 0.1)
+    assert given.worker == "w0" and given.predicted_output_tokens == 77 and not given.predicted_here

@@ -144,7 +144,6 @@ class Scheduler:
             worker.track_overruns = self.track_overruns
         self.queued_requests = 0
         self.shed_requests = 0
-        self._sequence = 0
 
     # ------------------------------------------------------------------ arrivals
 
@@ -159,6 +158,7 @@ class Scheduler:
             predicted = request.predicted_output_tokens
         else:
             predicted = self.predictor.predict(request.prompt_tokens)
+            request.predicted_here = True
         request.predicted_output_tokens = request.first_prediction = max(int(predicted), 1)
 
     def arrive(self, request: Request, now: float, output_tokens: int | None = None) -> list[Decision]:
@@ -172,8 +172,6 @@ class Scheduler:
         if request.id in self.requests and self.requests[request.id] is not request:
             raise AladdinError(f"request id {request.id!r} is already in flight")
         self.requests[request.id] = request
-        request.sequence = self._sequence
-        self._sequence += 1
         decision = self._try_place(request, now)
         if decision is not None:
             return [decision]
@@ -207,7 +205,7 @@ class Scheduler:
         decisions: list[Decision] = []
         while len(self.queue):
             request = self.queue.head()
-            if not self.config.oracle_lengths and not request.started:
+            if request.predicted_here and not request.started:  # the predictor may have learned since
                 request.predicted_output_tokens = self.predictor.predict(request.prompt_tokens)
             decision = self._try_place(request, now, retry=True)
             if decision is None:

@@ -52,7 +52,7 @@ class Request:
     status: RequestStatus = RequestStatus.QUEUED
     queued_once: bool = False
     repredictions: int = 0
-    sequence: int = 0  # arrival order, for ties in the queue
+    predicted_here: bool = False  # the scheduler's predictor made the prediction (not the caller)
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1:
