@@ -183,8 +183,7 @@ class Scheduler:
         return []
 
     def _try_place(self, request: Request, now: float, retry: bool = False) -> Decision | None:
-        ev = Evaluation(self.pool, request, now, request.generated_tokens, self.config.frontend_paid,
-                        self.policy.uses_predictions)
+        ev = Evaluation(self.pool, request, now, self.config.frontend_paid, self.policy.uses_predictions)
         row = self.policy.choose(ev)
         if row is None and retry and not request.started and math.isfinite(request.ttft_slo):
             if bool(np.all(ev.ttft()[1] > request.ttft_slo)):  # its TTFT is lost
@@ -318,7 +317,7 @@ class Scheduler:
 
     def evaluate(self, request: Request, now: float) -> list[Fit]:
         """How ``request`` would fit on each worker (what the policy ranks)."""
-        ev = Evaluation(self.pool, request, now, request.generated_tokens, self.config.frontend_paid)
+        ev = Evaluation(self.pool, request, now, self.config.frontend_paid)
         return self.policy.evaluate(ev)
 
     def error_summary(self) -> dict[str, dict[str, float | int | None]]:

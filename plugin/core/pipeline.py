@@ -1,8 +1,8 @@
 """The placement policy as a pipeline: filters -> weighted scorers -> picker (as in llm-d).
 
 A decision evaluates one request against every worker of a :class:`WorkerPool` at once:
-:class:`Evaluation` computes, vectorized over the candidate workers and only when a filter or
-scorer first asks, what the models predict (TTFT, peak KV, each ATGT). Filters narrow the
+:class:`Evaluation` computes, for the candidate workers at once (core.kernels) and only when a
+filter or scorer first asks, what the models predict (TTFT, peak KV, each ATGT). Filters narrow the
 candidates in order (cheap ones first, so the per-request ATGT pass only runs on workers that
 passed the rest); scorers rank the survivors; the picker takes the highest or lowest score,
 ties broken by worker id or a seeded random draw.
@@ -62,12 +62,12 @@ class Evaluation:
     its wait so far adds to the front-end time instead of covering it.
     """
 
-    def __init__(self, pool: WorkerPool, request: Request, now: float, generated: int, frontend_paid: bool,
-                 forecasts: bool = True):
+    def __init__(self, pool: WorkerPool, request: Request, now: float, frontend_paid: bool, forecasts: bool = True):
         pool.sync(forecasts)
         self.pool = pool
         self.request = request
         self.now = now
+        generated = request.generated_tokens
         self.context = request.prompt_tokens + generated
         self.steps = max(request.predicted_output_tokens - generated, 1)
         self.generated = generated
