@@ -96,11 +96,8 @@ class Evaluation:
     def ttft(self) -> tuple[np.ndarray, np.ndarray]:
         """(predicted TTFT, TTFT alone on an idle worker) on every worker, from the request's arrival."""
         if self._ttft is None:
-            s = self.s
             self._ttft, self._ttft_alone = kernels.ttft(
-                s("decoding"), s("decoding_context_base"), self.pool.step, s("unprefilled"), s("prefill_work_ahead"),
-                s("max_batched_tokens"), s("dec_a"), s("dec_b"), s("dec_c"), s("pre_a"), s("pre_q"), s("pre_pass"),
-                s("frontend"), max(self.now - self.request.arrival_time, 0.0), self.frontend_paid,
+                self.pool.scalars, self.pool.step, max(self.now - self.request.arrival_time, 0.0), self.frontend_paid,
                 float(self.context), float(self.context - min(self.request.computed_tokens, self.context)),
             )
         return self._ttft, self._ttft_alone
@@ -111,10 +108,8 @@ class Evaluation:
         """Per row, whether the predicted peak KV with the request stays within ``share`` of the
         cache (kernels.KV_FITS / KV_OVER / KV_CLOSE: the bounds straddle, see ``exact_peak``)."""
         pool = self.pool
-        fill, verdict = kernels.kv_check(
-            rows, self.delta, pool.horizon, pool.block_size, pool.scalar("capacity"), pool.held_max, pool.upper_max,
-            pool.held_suffix, pool.upper_suffix, float(self.context), self.steps, share,
-        )
+        fill, verdict = kernels.kv_check(rows, self.delta, pool.scalars, pool.steps, pool.tables, float(self.context),
+                                         self.steps, share)
         self.kv_fill[rows] = fill
         self.kv_done[rows] = True
         return verdict
@@ -123,9 +118,10 @@ class Evaluation:
         """Block-rounded peak KV of worker ``row`` with the request (where the bounds straddle)."""
         pool = self.pool
         d = int(self.delta[row])
-        alive = pool.live[row] & (pool.remaining[row] > d)
+        remaining = pool.ints[kernels.REMAINING, row]
+        alive = pool.ints[kernels.LIVE, row].astype(bool) & (remaining > d)
         return pool.workers[row].perf.kv.peak_tokens_held(
-            np.append(pool.context[row, alive] + d, self.context), np.append(pool.remaining[row, alive] - d, self.steps)
+            np.append(pool.ints[kernels.CONTEXT, row, alive] + d, self.context), np.append(remaining[alive] - d, self.steps)
         )
 
     # ------------------------------------------------------------------ ATGT
@@ -138,8 +134,7 @@ class Evaluation:
             past, tokens = max(self.now - self.request.first_token_time, 0.0), p + self.generated - 1
         else:
             past, tokens = 0.0, p
-        fill, keep = kernels.own_atgt(rows, self.delta, pool.horizon, pool.cum_time, pool.scalar("dec_a"),
-                                      pool.scalar("dec_b"), pool.scalar("dec_c"), float(self.context), p, past,
+        fill, keep = kernels.own_atgt(rows, self.delta, pool.scalars, pool.steps, float(self.context), p, past,
                                       float(tokens), self.request.atgt_slo, budget)
         self.atgt_fill[rows] = np.maximum(self.atgt_fill[rows], fill)
         return keep
@@ -155,9 +150,8 @@ class Evaluation:
         pool = self.pool
         stall = np.zeros(rows.size) if self.request.started else self.own_prefill_work[rows]
         return kernels.resident_atgt(
-            rows, self.delta, pool.observed, pool.slots_used, pool.cum_time, pool.remaining, pool.atgt_base, pool.atgt_clock,
-            pool.inv_tokens_slo, pool.scalar("dec_a"), pool.scalar("dec_b"), float(self.context), self.steps,
-            stall, budget,
+            rows, self.delta, pool.observed, pool.slots_used, pool.scalars, pool.steps, pool.ints, pool.floats,
+            float(self.context), self.steps, stall, budget,
         )
 
 

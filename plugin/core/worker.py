@@ -127,12 +127,13 @@ class WorkerState:
         self._slot[request.id] = slot
         pool, row = self._pool, self.index
         pool.slots_used[row] = max(pool.slots_used[row], slot + 1)
-        pool.prompt[row, slot] = request.prompt_tokens
-        pool.predicted[row, slot] = request.predicted_output_tokens
-        pool.slo[row, slot] = request.atgt_slo
-        pool.seq[row, slot] = self._placed
+        ints = pool.ints
+        ints[kernels.PROMPT, row, slot] = request.prompt_tokens
+        ints[kernels.PREDICTED, row, slot] = request.predicted_output_tokens
+        ints[kernels.SEQ, row, slot] = self._placed
+        ints[kernels.LIVE, row, slot] = True
+        pool.floats[kernels.SLO, row, slot] = request.atgt_slo
         self._placed += 1
-        pool.live[row, slot] = True
         self._write_progress(request)
         self._add_prefill(request)
         self._changed()
@@ -196,7 +197,7 @@ class WorkerState:
             self._remove_prefill(request)
         del self.requests[request.id]
         slot = self._slot.pop(request.id)
-        self._pool.live[self.index, slot] = False
+        self._pool.ints[kernels.LIVE, self.index, slot] = False
         self._free_slots.append(slot)
         self._changed()
 
@@ -227,7 +228,7 @@ class WorkerState:
     def repredict(self, request: Request, predicted_output_tokens: int) -> None:
         request.predicted_output_tokens = predicted_output_tokens
         request.repredictions += 1
-        self._pool.predicted[self.index, self._slot[request.id]] = predicted_output_tokens
+        self._pool.ints[kernels.PREDICTED, self.index, self._slot[request.id]] = predicted_output_tokens
         if request.id in self._base:
             self._push_overrun(request)
         self._changed()
@@ -284,9 +285,9 @@ class WorkerState:
         """The request's generated tokens (or, decoding, its anchor) and first token, in its column."""
         pool, row, slot = self._pool, self.index, self._slot[request.id]
         base = self._base.get(request.id)
-        pool.decoding[row, slot] = base is not None
-        pool.anchor[row, slot] = request.generated_tokens if base is None else base
-        pool.first[row, slot] = request.first_token_time
+        pool.ints[kernels.DECODING, row, slot] = base is not None
+        pool.ints[kernels.ANCHOR, row, slot] = request.generated_tokens if base is None else base
+        pool.floats[kernels.FIRST, row, slot] = request.first_token_time
 
     def _anchor(self, request: Request, generated_tokens: int) -> None:
         """It decodes from here with ``generated_tokens`` out: from now on its count follows the clock."""
@@ -317,29 +318,19 @@ class WorkerState:
 class WorkerPool:
     """The workers a scheduler places on; their request columns and forecasts, one row each.
 
-    Request columns (one slot per request, reused after it leaves): ``prompt``, ``anchor``
-    (generated tokens, or while ``decoding`` the step at which it had none), ``predicted``,
-    ``slo`` (ATGT), ``first`` (first-token time), ``seq`` (placement order), ``live``.
-    Forecast, from ``origin`` on: per slot ``context``, ``remaining``, and the ATGT terms
-    (ratio = atgt_base + atgt_clock * observed - cum_time[delta] * inv_tokens_slo); per step
-    ``cum_time``, and the KV tokens held (unrounded) and its bound ``upper`` (a partly full
-    block per request more) as suffix maxima (``held_suffix``, ``upper_suffix``) and as sparse
-    tables of held[k] + k and upper[k] + k (``held_max``, ``upper_max``; core.kernels.rebuild). Rows are rebuilt only for workers
-    whose requests changed, and the arrays grow geometrically.
+    Request columns (one slot per request, reused after it leaves), ``ints``: PROMPT, ANCHOR
+    (generated tokens, or while DECODING the step at which it had none), PREDICTED, SEQ
+    (placement order), LIVE; ``floats``: SLO (ATGT), FIRST (first-token time). Forecast, from
+    ORIGIN on: per slot CONTEXT, REMAINING and the ATGT terms (ratio = ATGT_BASE + ATGT_CLOCK
+    * observed - cum_time[delta] * INV_TOKENS_SLO); per step (``steps``) CUM_TIME and the
+    suffix maxima of the KV tokens held (unrounded) and of its bound ``upper`` (a partly full
+    block per request more), and sparse tables of held[k] + k and upper[k] + k (``tables``).
+    The field names are core.kernels' constants. Rows are rebuilt only for workers whose
+    requests changed, and the arrays grow geometrically.
     """
 
-    SCALARS = (
-        "origin", "horizon", "outstanding", "decoding", "decoding_context_base", "unprefilled",
-        "prefill_work_ahead", "kv_held", "capacity", "block_size", "max_num_seqs", "max_batched_tokens",
-        "dec_a", "dec_b", "dec_c", "pre_a", "pre_q", "pre_pass", "frontend",
-    )
-    SLOT_COLUMNS = (
-        ("prompt", np.int64, 0), ("anchor", np.int64, 0), ("decoding", np.bool_, False), ("predicted", np.int64, 1),
-        ("slo", np.float64, math.inf), ("first", np.float64, math.nan), ("seq", np.int64, 0), ("live", np.bool_, False),
-        ("context", np.int64, 0), ("remaining", np.int64, 0), ("atgt_base", np.float64, -math.inf),
-        ("atgt_clock", np.float64, 0.0), ("inv_tokens_slo", np.float64, 0.0),
-    )
-    STEP_COLUMNS = ("cum_time", "held_suffix", "upper_suffix")
+    SLOT_FILL_INTS = {"predicted": 1}  # defaults of a slot that never held a request (else 0)
+    SLOT_FILL_FLOATS = {"slo": math.inf, "first": math.nan, "atgt_base": -math.inf}
 
     def __init__(self, workers: Sequence[tuple[str, PerfModel]]):
         if not workers:
@@ -353,9 +344,8 @@ class WorkerPool:
         self.step = np.zeros(len(ids), dtype=np.int64)  # each worker's clock, written by WorkerState.advance
         self.observed = np.zeros(len(ids))
         self.slots_used = np.zeros(len(ids), dtype=np.int64)  # per row: one past its highest slot ever used
-        self.scalars = np.zeros((len(self.SCALARS), len(ids)))
-        self._column = {name: i for i, name in enumerate(self.SCALARS)}
-        self._views = {name: self.scalars[i] for i, name in enumerate(self.SCALARS)}
+        self.scalars = np.zeros((len(kernels.SCALARS), len(ids)))
+        self._views = {name: self.scalars[i] for i, name in enumerate(kernels.SCALARS)}
         self.slot_width = 0
         self.grow_slots(8)
         self.step_width = 0
@@ -374,9 +364,7 @@ class WorkerPool:
                 ("pre_a", perf.prefill.a), ("pre_q", perf.prefill.q), ("pre_pass", perf.prefill_pass_s),
                 ("frontend", perf.frontend_s),
             ):
-                self.scalars[self._column[name], w.index] = value
-        self.horizon = np.zeros(len(ids), dtype=np.int64)
-        self.block_size = self.scalar("block_size").astype(np.int64)
+                self._views[name][w.index] = value
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -387,61 +375,58 @@ class WorkerPool:
 
     def grow_slots(self, need: int) -> None:
         width = max(need, self.slot_width * 2)
-        for name, dtype, fill in self.SLOT_COLUMNS:
-            grown = np.full((len(self.ids), width), fill, dtype=dtype)
-            if self.slot_width:
-                grown[:, : self.slot_width] = getattr(self, name)
-            setattr(self, name, grown)
-        self.slot_width = width
+        rows = len(self.ids)
+        ints = np.zeros((len(kernels.SLOT_INTS), rows, width), dtype=np.int64)
+        floats = np.zeros((len(kernels.SLOT_FLOATS), rows, width))
+        for i, name in enumerate(kernels.SLOT_INTS):
+            ints[i] = self.SLOT_FILL_INTS.get(name, 0)
+        for i, name in enumerate(kernels.SLOT_FLOATS):
+            floats[i] = self.SLOT_FILL_FLOATS.get(name, 0.0)
+        if self.slot_width:
+            ints[:, :, : self.slot_width] = self.ints
+            floats[:, :, : self.slot_width] = self.floats
+        self.ints, self.floats, self.slot_width = ints, floats, width
 
     def _grow_steps(self, need: int) -> None:
         """Room for ``need`` steps (doubling). The old rows are not copied: every row is rebuilt
         before it is read again (a rebuild writes all a decision reads, up to its horizon)."""
         width = max(need, self.step_width * 2)
         rows = len(self.ids)
-        for name in self.STEP_COLUMNS:
-            setattr(self, name, np.empty((rows, width + 1)))
-        levels = (width + 1).bit_length()
-        self.held_max = np.empty((levels, rows, width + 1))
-        self.upper_max = np.empty((levels, rows, width + 1))
+        self.steps = np.empty((len(kernels.STEP_ROWS), rows, width + 1))
+        self.tables = np.empty((len(kernels.TABLES), (width + 1).bit_length(), rows, width + 1))
         self.step_width = width
         self.stale.update(range(rows))
 
     def rebuild(self, worker: WorkerState) -> None:
         """Worker ``worker``'s forecast from its columns at its current step (core.kernels)."""
-        perf, row = worker.perf, worker.index
+        row = worker.index
         while True:
-            horizon = kernels.rebuild(
-                row, worker.step, worker.length_inflation, perf.kv.block_size, perf.decode.a, perf.decode.b,
-                perf.decode.c, perf.prefill.a, perf.prefill.q, self.prompt, self.anchor, self.decoding, self.predicted,
-                self.slo, self.first, self.seq, self.live, self.context, self.remaining, self.atgt_base,
-                self.atgt_clock, self.inv_tokens_slo, self.held_max, self.upper_max, self.cum_time, self.held_suffix,
-                self.upper_suffix,
-            )
+            horizon = kernels.rebuild(row, worker.step, worker.length_inflation, self.scalars, self.ints, self.floats,
+                                      self.steps, self.tables)
             if horizon <= self.step_width:
                 break
             self._grow_steps(horizon)
-        self.horizon[row] = horizon
-        self.scalars[self._column["origin"], row] = worker.step
-        self.scalars[self._column["horizon"], row] = horizon
+        self.scalars[kernels.ORIGIN, row] = worker.step
+        self.scalars[kernels.HORIZON, row] = horizon
 
     def sync(self, forecasts: bool = True) -> None:
         """Refresh the rows of the workers that changed since the last decision; rebuild their
         forecasts where requests or predictions changed (unless the policy reads none)."""
         if self.touched:
-            columns = [self.scalar(name) for name in (
-                "outstanding", "decoding", "decoding_context_base", "unprefilled", "prefill_work_ahead", "kv_held")]
+            scalars = self.scalars
             for index in self.touched:
                 w = self.workers[index]
-                for column, value in zip(columns, (
-                    len(w.requests), w.num_decoding, w.decoding_context_base, w.unprefilled_tokens,
-                    w.prefill_work_ahead, w.kv_tokens_held(),
-                )):
-                    column[index] = value
+                scalars[kernels.OUTSTANDING, index] = len(w.requests)
+                scalars[kernels.N_DECODING, index] = w.num_decoding
+                scalars[kernels.DECODING_CONTEXT_BASE, index] = w.decoding_context_base
+                scalars[kernels.UNPREFILLED, index] = w.unprefilled_tokens
+                scalars[kernels.PREFILL_WORK_AHEAD, index] = w.prefill_work_ahead
+                scalars[kernels.KV_HELD, index] = w.kv_tokens_held()
             self.touched.clear()
         while forecasts and self.stale:  # a rebuild that grows the arrays marks every row stale
             self.rebuild(self.workers[self.stale.pop()])
 
     def steps_since_forecast(self) -> np.ndarray:
         """Per worker: decode steps since its forecast's origin, within its horizon."""
-        return np.minimum(self.step - self.scalar("origin").astype(np.int64), self.horizon)
+        origin = self.scalars[kernels.ORIGIN].astype(np.int64)
+        return np.minimum(self.step - origin, self.scalars[kernels.HORIZON].astype(np.int64))
