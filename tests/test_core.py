@@ -311,3 +311,17 @@ def test_a_callers_prediction_is_kept_through_queue_retries():
     s.arrive(given, 0.0)
     s.finish("r0", 50, 0.1)
     assert given.worker == "w0" and given.predicted_output_tokens == 77 and not given.predicted_here
+
+
+def test_growing_the_pools_arrays_keeps_every_workers_forecast():
+    big = replace(PERF, kv=KVModel(block_size=16, capacity_tokens=16 * 4096), max_num_seqs=64)
+    s = scheduler(workers=2, perf=big)
+    decoding(s, "w1", "small", 50, 30, atgt_slo=0.05, first_token=0.0)
+    request = Request("n", 40, 0.0, ttft_slo=1.0, atgt_slo=0.05, predicted_output_tokens=20)
+    before = s.evaluate(request, 0.1)[1]
+    for i in range(20):  # more slots than the pool starts with, and a horizon past its step arrays
+        decoding(s, "w0", f"long{i}", 10, 3000, atgt_slo=0.05, first_token=0.0)
+    fits = s.evaluate(request, 0.1)
+    assert fits[1] == before
+    assert s.pool.slot_width >= 20 and s.pool.step_width >= 2999
+    assert fits[0].kv_fill == pytest.approx(20 * (11 + 2998) / big.kv.capacity_tokens)  # their last step
