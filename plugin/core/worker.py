@@ -56,7 +56,6 @@ class WorkerState:
         self.index = index  # row in its pool
         self.requests: dict[str, Request] = {}  # placement order
         self.step = 0  # decode steps so far (the worker's clock)
-        self.observed_at = 0.0  # when the clock was last moved or the state last reported
         self._base: dict[str, int] = {}  # decoding requests: generated = step - base
         self.decoding_context_base = 0  # sum over decoding requests of prompt - base
         self.unprefilled_tokens = 0  # prompt tokens still to compute (queued prompts, unfinished chunks)
@@ -73,27 +72,18 @@ class WorkerState:
     # ------------------------------------------------------------------ reading
 
     @property
-    def num_outstanding(self) -> int:
-        return len(self.requests)
-
-    @property
     def num_decoding(self) -> int:
         return len(self._base)
-
-    @property
-    def decoding_context(self) -> int:
-        """Context tokens of the decoding requests now (their decode batch)."""
-        return self.decoding_context_base + len(self._base) * self.step
 
     def generated(self, request: Request) -> int:
         base = self._base.get(request.id)
         return request.generated_tokens if base is None else self.step - base
 
     def kv_tokens_held(self) -> int:
-        """KV in use now: as reported, else the block-rounded contexts of admitted requests."""
+        """KV in use now: as reported (block-rounded), else the decoding requests' contexts."""
         if self.kv_tokens_reported is not None:
             return self.kv_tokens_reported
-        return self.decoding_context  # unreported: the decoding contexts (not block-rounded)
+        return self.decoding_context_base + len(self._base) * self.step
 
     def next_overrun(self) -> int | None:
         """The step at which the next decoding request reaches its prediction, if any."""
@@ -159,7 +149,6 @@ class WorkerState:
         """Every decoding request generated ``steps`` more tokens; returns those that reached
         their prediction (the lifecycle re-predicts them)."""
         self.step += steps
-        self.observed_at = now
         self._pool.step[self.index] = self.step
         self._pool.observed[self.index] = now
         overrun = []
@@ -253,7 +242,6 @@ class WorkerState:
                 self._add_prefill(request)
                 self._write_progress(request)
         self.kv_tokens_reported = kv_tokens_held
-        self.observed_at = now
         self._pool.observed[self.index] = now
         self._changed()
 
