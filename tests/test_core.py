@@ -236,10 +236,11 @@ def test_profile_with_negative_coefficients_is_refused(tmp_path):
 
     path = save_profile(tmp_path / "p.json", PERF, ProfileMeta("m", "h", 1, "0.32.0", "test"))
     doc = json.loads(path.read_text())
-    doc["decode"]["c"] = -0.05
-    path.write_text(json.dumps(doc))
-    with pytest.raises(AladdinError, match=r"decode\.c must be >= 0"):
-        load_profile(path)
+    for value, message in ((-0.05, r"decode\.c must be >= 0"), (float("nan"), r"decode\.c must be a finite number")):
+        doc["decode"]["c"] = value
+        path.write_text(json.dumps(doc))
+        with pytest.raises(AladdinError, match=message):
+            load_profile(path)
 
 
 def test_many_workers_evaluate_like_each_alone():
