@@ -182,9 +182,9 @@ def kv_check(rows, delta, scalars, steps, tables, context, new_steps, share):
 
 
 @njit(cache=True)
-def resident_atgt(rows, delta, observed, slots_used, scalars, steps, ints, floats, context, new_steps, stall, budget):
+def resident_atgt(rows, delta, observed, slots_used, scalars, steps, ints, floats, context, new_steps, stall):
     """Per row, the largest predicted ATGT / SLO with the request added over the residents
-    still within ``budget`` without it (-inf: none)."""
+    predicted to meet their SLO without it (-inf: none)."""
     out = np.empty(rows.size)
     for i in range(rows.size):
         w = rows[i]
@@ -198,7 +198,7 @@ def resident_atgt(rows, delta, observed, slots_used, scalars, steps, ints, float
             if inv == 0.0:
                 continue
             ratio = floats[ATGT_BASE, w, s] + floats[ATGT_CLOCK, w, s] * observed[w] - shift * inv
-            if ratio > budget:
+            if ratio > 1.0:
                 continue  # already predicted to miss: holding requests back cannot save it
             share = min(max(ints[REMAINING, w, s] - d, 0), new_steps)
             added = share * per_step + dec_b * share * (share - 1) / 2.0 + stall[i]

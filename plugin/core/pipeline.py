@@ -139,19 +139,20 @@ class Evaluation:
         self.atgt_fill[rows] = np.maximum(self.atgt_fill[rows], fill)
         return keep
 
-    def resident_atgt(self, rows: np.ndarray, budget: float) -> np.ndarray:
+    def resident_atgt(self, rows: np.ndarray) -> np.ndarray:
         """Largest predicted ATGT / SLO, with the request added, over the residents of ``rows``
-        that are still on pace (predicted within ``budget``) without it.
+        predicted to meet their SLO without it.
 
         A resident already predicted to miss is left out: holding new requests back cannot save
-        it, and counting it would close its worker to everyone until it leaves. The request adds
+        it, and counting it would close its worker to everyone until it leaves. One within the
+        headroom but not over its SLO still counts: the headroom protects it. The request adds
         a + b * (context + k) to each step k it shares with a resident, and its prefill once.
         """
         pool = self.pool
         stall = np.zeros(rows.size) if self.request.started else self.own_prefill_work[rows]
         return kernels.resident_atgt(
             rows, self.delta, pool.observed, pool.slots_used, pool.scalars, pool.steps, pool.ints, pool.floats,
-            float(self.context), self.steps, stall, budget,
+            float(self.context), self.steps, stall,
         )
 
 
@@ -222,7 +223,7 @@ class ResidentATGT(Filter):
 
     def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
         budget = 1.0 - self.headroom
-        worst = ev.resident_atgt(rows, budget)
+        worst = ev.resident_atgt(rows)
         ev.atgt_fill[rows] = np.maximum(ev.atgt_fill[rows], worst)
         return rows[worst <= budget]
 
