@@ -259,6 +259,11 @@ class Scheduler:
         worker.tokens(request, generated_tokens, now)
         return self.advance(worker.id, 0, now)
 
+    def tick(self, now: float) -> list[Decision]:
+        """Retry the queue without a capacity change (a driver's clock): time alone can make a
+        queued request's TTFT lost, which sheds it or places it best-effort."""
+        return self._retry(now) if len(self.queue) else []
+
     def report_kv(self, worker_id: str, kv_tokens_held: int) -> None:
         self.worker(worker_id).report_kv(kv_tokens_held)
 

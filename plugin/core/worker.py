@@ -414,6 +414,12 @@ class WorkerPool:
         while forecasts and self.stale:  # a rebuild that grows the arrays marks every row stale
             self.rebuild(self.workers[self.stale.pop()])
 
+    def predicted_peak_kv(self, row: int) -> float:
+        """Worker ``row``'s predicted peak KV tokens from now on (unrounded; 0 when idle)."""
+        self.sync()
+        delta = int(self.steps_since_forecast()[row])
+        return max(float(self.steps[kernels.HELD_SUFFIX, row, delta]), 0.0)
+
     def steps_since_forecast(self) -> np.ndarray:
         """Per worker: decode steps since its forecast's origin, within its horizon."""
         origin = self.scalars[kernels.ORIGIN].astype(np.int64)

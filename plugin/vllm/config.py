@@ -1,0 +1,106 @@
+"""The plugin's configuration: where it comes from, what it holds, and the per-request inputs.
+
+Sources, later ones winning per key: the defaults below; a JSON file named by the environment
+variable ``ALADDIN_VLLM_CONFIG``; vLLM's ``--additional-config '{"aladdin": {...}}'``.
+
+Per request, ``vllm_xargs`` (which vLLM copies into ``SamplingParams.extra_args``) may carry
+``aladdin_output_tokens`` (predicted output length, as a router sends it), ``aladdin_ttft_slo``
+and ``aladdin_atgt_slo`` (seconds; seconds per token). Absent: the plugin's own predictor and
+the configured SLOs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from aladdin.errors import AladdinError
+
+CONFIG_ENV = "ALADDIN_VLLM_CONFIG"
+ADDITIONAL_CONFIG_KEY = "aladdin"
+PREDICTED_KEY, TTFT_KEY, ATGT_KEY = "aladdin_output_tokens", "aladdin_ttft_slo", "aladdin_atgt_slo"
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """``profile``: a profile JSON of this engine's configuration; without one only the KV and
+    max-sequences filters apply (ATGT and TTFT need the time models). ``headroom``: share of the
+    KV (and ATGT) budget kept free. ``lost_ttft``: ``hand-back`` returns a waiting request whose
+    TTFT can no longer be met with a retryable error, so a router re-places it; ``best-effort``
+    keeps it. ``tick_s``: how often held requests are re-checked without a capacity change."""
+
+    profile: str | None = None
+    ttft_slo: float = math.inf
+    atgt_slo: float = math.inf
+    headroom: float = 0.05
+    lost_ttft: str = "hand-back"
+    default_output_tokens: int = 256
+    tick_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_slo", "atgt_slo", "tick_s"):
+            if not getattr(self, name) > 0:
+                raise AladdinError(f"aladdin plugin config: {name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.headroom < 1.0:
+            raise AladdinError(f"aladdin plugin config: headroom must be in [0, 1), got {self.headroom}")
+        if self.lost_ttft not in ("hand-back", "best-effort"):
+            raise AladdinError(f"aladdin plugin config: lost_ttft must be hand-back or best-effort, got {self.lost_ttft!r}")
+        if self.default_output_tokens < 1:
+            raise AladdinError("aladdin plugin config: default_output_tokens must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(additional_config: Any = None, environ: dict[str, str] | None = None) -> PluginConfig:
+    """The configuration from the environment file and vLLM's additional config."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = environ.get(CONFIG_ENV)
+    if path:
+        try:
+            loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise AladdinError(f"{CONFIG_ENV}={path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise AladdinError(f"{CONFIG_ENV}={path}: expected a JSON object")
+        values.update(loaded)
+    if isinstance(additional_config, dict) and isinstance(additional_config.get(ADDITIONAL_CONFIG_KEY), dict):
+        values.update(additional_config[ADDITIONAL_CONFIG_KEY])
+    known = {f.name for f in fields(PluginConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise AladdinError(f"aladdin plugin config: unknown keys {unknown}; use {sorted(known)}")
+    return PluginConfig(**values)
+
+
+@dataclass(frozen=True)
+class RequestInputs:
+    """What a request says about itself through ``vllm_xargs`` (None: not given)."""
+
+    predicted_output_tokens: int | None = None
+    ttft_slo: float | None = None
+    atgt_slo: float | None = None
+
+
+def request_inputs(extra_args: dict[str, Any]) -> RequestInputs:
+    """Parse and check the request's aladdin keys; a bad value is one clear AladdinError."""
+    def number(key: str, integer: bool) -> float | int | None:
+        value = extra_args.get(key)
+        if value is None:
+            return None
+        try:
+            parsed = int(value) if integer else float(value)
+        except (TypeError, ValueError):
+            raise AladdinError(f"vllm_xargs.{key} must be a {'whole' if integer else ''} number, got {value!r}") from None
+        if integer and parsed != float(value):
+            raise AladdinError(f"vllm_xargs.{key} must be a whole number, got {value!r}")
+        if not (math.isfinite(parsed) and parsed > 0):
+            raise AladdinError(f"vllm_xargs.{key} must be > 0, got {value!r}")
+        return parsed
+
+    return RequestInputs(number(PREDICTED_KEY, True), number(TTFT_KEY, False), number(ATGT_KEY, False))
