@@ -31,7 +31,8 @@ class PluginConfig:
     max-sequences filters apply (ATGT and TTFT need the time models). ``headroom``: share of the
     KV (and ATGT) budget kept free. ``lost_ttft``: ``hand-back`` returns a waiting request whose
     TTFT can no longer be met with a retryable error, so a router re-places it; ``best-effort``
-    keeps it. ``tick_s``: how often held requests are re-checked without a capacity change."""
+    keeps it. ``tick_s``: how often held requests are re-checked without a capacity change.
+    ``max_held``: held requests beyond which the front door (``--middleware``) answers 503."""
 
     profile: str | None = None
     ttft_slo: float = math.inf
@@ -40,6 +41,7 @@ class PluginConfig:
     lost_ttft: str = "hand-back"
     default_output_tokens: int = 256
     tick_s: float = 0.05
+    max_held: int = 64  # the front door (middleware) answers 503 once this many wait for admission
 
     def __post_init__(self) -> None:
         for name in ("ttft_slo", "atgt_slo", "tick_s"):
@@ -49,8 +51,8 @@ class PluginConfig:
             raise AladdinError(f"aladdin plugin config: headroom must be in [0, 1), got {self.headroom}")
         if self.lost_ttft not in ("hand-back", "best-effort"):
             raise AladdinError(f"aladdin plugin config: lost_ttft must be hand-back or best-effort, got {self.lost_ttft!r}")
-        if self.default_output_tokens < 1:
-            raise AladdinError("aladdin plugin config: default_output_tokens must be >= 1")
+        if self.default_output_tokens < 1 or self.max_held < 0:
+            raise AladdinError("aladdin plugin config: default_output_tokens must be >= 1 and max_held >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

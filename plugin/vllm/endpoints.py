@@ -2,8 +2,6 @@
 server's own port, the worker as the AladdinScheduler sees it (JSON), for routers and
 dashboards. Needs the ``aladdin`` general plugin too (``VLLM_PLUGINS=aladdin,aladdin_state``)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from fastapi import FastAPI, Request

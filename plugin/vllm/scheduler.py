@@ -22,6 +22,7 @@ exactly as it always does.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -40,7 +41,7 @@ from aladdin.plugin.core.worker import RequestReport
 from aladdin.plugin.vllm import compat
 from aladdin.plugin.vllm.config import PluginConfig, load_config, request_inputs
 
-logger = init_logger(__name__)
+logger = init_logger("vllm.aladdin")  # under vLLM's logger, so its handlers print it
 
 ENGINE = "engine"  # the core's one worker
 RECONCILE_STEPS = 32  # steps between exact re-reads of every admitted request
@@ -87,6 +88,8 @@ class AladdinScheduler(compat.AsyncScheduler):
         self.handed_back_total = 0
         self._steps = 0
         self._next_tick = 0.0
+        # compile (or load) the core's kernels now, not on the first request
+        self.core.evaluate(CoreRequest("aladdin-warm-up", 1, time.time(), predicted_output_tokens=1), time.time())
         logger.info("aladdin: AladdinScheduler %s active on vLLM %s: %d KV blocks of %d tokens, policy %s, config %s",
                     __version__, compat.VLLM_VERSION, blocks, block_size, self.core.policy.name,
                     self.aladdin_config.to_dict())
@@ -223,11 +226,15 @@ class AladdinScheduler(compat.AsyncScheduler):
         kv = self._engine.perf.kv
         pool = self.kv_cache_manager.block_pool
 
+        def seconds(value: float) -> float | None:
+            return value if math.isfinite(value) else None  # no SLO: JSON null
+
         def row(request_id: str, where: str) -> dict[str, Any]:
             state = self.core.requests[request_id]
             return {"id": request_id, "where": where, "generated_tokens": self._engine.generated(state)
                     if state.worker else state.generated_tokens, "predicted_output_tokens": state.predicted_output_tokens,
-                    "prompt_tokens": state.prompt_tokens, "ttft_slo": state.ttft_slo, "atgt_slo": state.atgt_slo}
+                    "prompt_tokens": state.prompt_tokens, "ttft_slo": seconds(state.ttft_slo),
+                    "atgt_slo": seconds(state.atgt_slo)}
 
         running = [r.request_id for r in self.running]
         waiting = [rid for rid in self._admitted if rid not in set(running)]
@@ -245,6 +252,8 @@ class AladdinScheduler(compat.AsyncScheduler):
             "held": [row(rid, "held") for rid in self._held if rid in self.core.requests],
             "rejected_total": self.rejected_total,
             "handed_back_total": self.handed_back_total,
+            "max_held": self.aladdin_config.max_held,
+            "tick_s": self.aladdin_config.tick_s,
         }
 
     def _reserved_tokens(self) -> int:
