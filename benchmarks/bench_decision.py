@@ -14,7 +14,7 @@ every worker's requests changed (each has a finish) before the decision.
 Workers: the measured H100 profile (profiles/h100-llama2-7b.json) with room for 512
 sequences and 4x its KV, so that 256 in flight pass the cheap filters and every decision runs
 the full KV and ATGT evaluation. Request lengths: lognormal, ShareGPT-like medians (prompt
-~200, output ~250 tokens), seeded. One thread, this machine.
+~200, output ~250 tokens, at most 1500, the predictor's cap), seeded. One thread, this machine.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ import numpy as np
 
 from aladdin.plugin.core.lifecycle import Scheduler, SchedulerConfig
 from aladdin.plugin.core.policies import named_policy
-from aladdin.plugin.core.predictor import LengthPredictor
+from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig
 from aladdin.plugin.core.request import Request, RequestStatus
 from aladdin.plugin.profile.io import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
+MAX_OUTPUT_TOKENS = 1500  # the longest output drawn below: predictions are capped there, as by max_tokens
 
 
 def lengths(rng: np.random.Generator) -> tuple[int, int]:
@@ -45,7 +46,8 @@ def build(policy: str, workers: int, in_flight: int, seed: int) -> tuple[Schedul
     perf = load_profile(ROOT / "profiles/h100-llama2-7b.json")
     perf = replace(perf, max_num_seqs=2 * in_flight, kv=replace(perf.kv, capacity_tokens=4 * perf.kv.capacity_tokens))
     scheduler = Scheduler([(f"w{i:02d}", perf) for i in range(workers)], named_policy(policy).build(),
-                          LengthPredictor(), SchedulerConfig(frontend_paid=False))
+                          LengthPredictor(PredictorConfig(max_output_tokens=MAX_OUTPUT_TOKENS)),
+                          SchedulerConfig(frontend_paid=False))
     rng = np.random.default_rng(seed)
     truth: dict[str, int] = {}
     for w in scheduler.pool.workers:
