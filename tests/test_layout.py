@@ -31,3 +31,11 @@ def test_benchmarks_and_scripts_do_not_import_the_tests():
         if re.search(r"^\s*(from|import)\s+tests\b", path.read_text(encoding="utf-8"), re.M)
     ]
     assert offenders == []
+
+
+def test_pytest_is_a_dev_dependency_only():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    runtime = {re.split(r"[<>=\[ ;]", dep, maxsplit=1)[0] for dep in project["dependencies"]}
+    assert "pytest" not in runtime and any(d.startswith("pytest") for d in project["optional-dependencies"]["dev"])
