@@ -17,14 +17,13 @@ or a JSON file with the same keys (``score`` may weigh several: ``fill:1,outstan
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aladdin.errors import AladdinError
+from aladdin.jsonfile import read_json_object
 
 if TYPE_CHECKING:
     from aladdin.plugin.core.pipeline import Pipeline
@@ -139,12 +138,7 @@ def parse_policy(text: str, headroom: float | None = None, seed: int = 0) -> Pol
     if text in NAMED:
         return named_policy(text, headroom, seed)
     if text.endswith(".json"):
-        try:
-            fields = json.loads(Path(text).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise AladdinError(f"policy file {text}: {exc}") from None
-        if not isinstance(fields, dict):
-            raise AladdinError(f"policy file {text}: expected a JSON object")
+        fields = read_json_object(text, f"policy file {text}")
     elif "=" in text:
         fields = {}
         for part in filter(None, (p.strip() for p in text.split(";"))):

@@ -11,14 +11,13 @@ the configured SLOs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from aladdin.errors import AladdinError
+from aladdin.jsonfile import read_json_object
 
 CONFIG_ENV = "ALADDIN_VLLM_CONFIG"
 ADDITIONAL_CONFIG_KEY = "aladdin"
@@ -64,13 +63,7 @@ def load_config(additional_config: Any = None, environ: dict[str, str] | None = 
     values: dict[str, Any] = {}
     path = environ.get(CONFIG_ENV)
     if path:
-        try:
-            loaded = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise AladdinError(f"{CONFIG_ENV}={path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise AladdinError(f"{CONFIG_ENV}={path}: expected a JSON object")
-        values.update(loaded)
+        values.update(read_json_object(path, f"{CONFIG_ENV}={path}"))
     if isinstance(additional_config, dict) and isinstance(additional_config.get(ADDITIONAL_CONFIG_KEY), dict):
         values.update(additional_config[ADDITIONAL_CONFIG_KEY])
     known = {f.name for f in fields(PluginConfig)}
