@@ -19,7 +19,7 @@ from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 PLUGIN_FLAGS = ("--scheduler-cls", "aladdin.plugin.vllm.scheduler.AladdinScheduler",
-                "--middleware", "aladdin.plugin.vllm.middleware.admission")
+                "--middleware", "aladdin.plugin.vllm.middleware.FrontDoor")
 PLUGINS_ENV = "aladdin,aladdin_state"  # VLLM_PLUGINS: the engine hook and GET /aladdin/state
 
 
@@ -107,8 +107,10 @@ def test_under_overload_the_plugin_never_preempts_and_stock_vllm_does(plugin_ser
             state = get_json(plugin_server.url + "/aladdin/state")
             running = metric(plugin_server.url, "vllm:num_requests_running")
             waiting = metric(plugin_server.url, "vllm:num_requests_waiting")
+            held = metric(plugin_server.url, "aladdin:admission_held")
             if state["held"] and waiting:  # vLLM's gauges move on engine steps: compare once they show the queue
-                seen.append((len(state["running"]), running, len(state["waiting"]) + len(state["held"]), waiting))
+                seen.append((len(state["running"]), running, len(state["waiting"]) + len(state["held"]), waiting,
+                             len(state["held"]), held))
 
     plugin = overload(plugin_server.url, watch)
     stock = overload(small_stock_server.url)
@@ -116,7 +118,58 @@ def test_under_overload_the_plugin_never_preempts_and_stock_vllm_does(plugin_ser
     assert metric(plugin_server.url, "vllm:num_preemptions_total") == 0
     assert metric(small_stock_server.url, "vllm:num_preemptions_total") > 0
     assert seen, "the plugin never held a request back"
-    assert all(abs(a - b) <= 1 and abs(c - d) <= 1 for a, b, c, d in seen), seen
+    assert all(abs(a - b) <= 1 and abs(c - d) <= 1 and abs(e - f) <= 1 for a, b, c, d, e, f in seen), seen
+
+
+def test_the_aladdin_gauges_on_metrics_are_fresh_and_agree_with_the_state(plugin_server):
+    text = urllib.request.urlopen(plugin_server.url + "/metrics", timeout=30).read().decode()
+    state = get_json(plugin_server.url + "/aladdin/state")
+    for name in ("aladdin:kv_reserved_tokens", "aladdin:kv_headroom_tokens", "aladdin:admission_held",
+                 "aladdin:rejected_total", "aladdin:handed_back_total", "aladdin:predicted_atgt_seconds"):
+        assert re.search(rf"^{re.escape(name)} ", text, re.M), name
+    assert metric(plugin_server.url, "aladdin:state_age_seconds") < 0.1
+    assert metric(plugin_server.url, "aladdin:kv_capacity_tokens") == state["capacity_tokens"]
+    assert metric(plugin_server.url, "aladdin:kv_held_tokens") == state["kv_held_tokens"] == 0  # idle
+    assert metric(plugin_server.url, "aladdin:kv_headroom_tokens") == state["kv_headroom_tokens"]
+
+
+def test_a_held_request_whose_ttft_is_lost_is_handed_back_with_a_503_a_router_can_act_on(plugin_server):
+    """Two requests of ~760 tokens fill the cache; the others, with a 1 s TTFT SLO, wait longer
+    than that and are handed back before their first token (streamed or not)."""
+    prompt = " ".join(["hello"] * 180)
+    before = metric(plugin_server.url, "aladdin:handed_back_total")
+    results: list = [None] * 6
+
+    def send(i: int) -> None:
+        body = {"model": "tiny", "prompt": prompt, "max_tokens": 400, "ignore_eos": True, "stream": i % 2 == 1,
+                "vllm_xargs": {"aladdin_ttft_slo": 1.0}}
+        request = urllib.request.Request(plugin_server.url + "/v1/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                results[i] = (response.status, response.headers, response.read())
+        except urllib.error.HTTPError as exc:
+            results[i] = (exc.code, exc.headers, exc.read())
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(results))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    served = [r for r in results if r[0] == 200]
+    handed_back = [r for r in results if r[0] == 503]
+    assert len(served) + len(handed_back) == len(results), [r[:2] for r in results]
+    assert len(served) == 2, [r[:2] for r in results]  # two fill the cache, so a streamed one is handed back too
+    for _, headers, body in handed_back:
+        assert headers.get("X-Aladdin-Outcome") == "handed-back" and headers.get("Retry-After"), body
+        assert "TTFT can no longer be met" in json.loads(body)["error"]["message"]
+    for _, headers, body in served:  # served whole, streamed or not
+        if headers.get("Content-Type", "").startswith("text/event-stream"):
+            assert body.rstrip().endswith(b"data: [DONE]") and b'"error"' not in body
+        else:
+            assert json.loads(body)["usage"]["completion_tokens"] == 400
+    assert metric(plugin_server.url, "aladdin:handed_back_total") - before == len(handed_back)
+    assert metric(plugin_server.url, "vllm:num_preemptions_total") == 0
 
 
 def test_a_request_beyond_the_model_length_is_refused_at_once_and_one_at_it_is_served(plugin_server):

@@ -1,13 +1,41 @@
-"""Entry point ``vllm.endpoint_plugins: aladdin_state``: ``GET /aladdin/state`` on the vLLM
-server's own port, the worker as the AladdinScheduler sees it (JSON), for routers and
-dashboards. Needs the ``aladdin`` general plugin too (``VLLM_PLUGINS=aladdin,aladdin_state``)."""
+"""Entry point ``vllm.endpoint_plugins: aladdin_state``: the worker as the AladdinScheduler sees it,
+on the vLLM server's own port, for routers and dashboards:
+
+- ``GET /aladdin/state``: JSON (capacity, KV held and reserved, running, waiting and held requests
+  with their tokens, predictions and SLOs, totals, profile, versions);
+- the ``aladdin:*`` series on vLLM's ``/metrics`` (``metrics``), set from the same state on each
+  scrape.
+
+Needs the ``aladdin`` general plugin too (``VLLM_PLUGINS=aladdin,aladdin_state``)."""
 
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from aladdin.plugin.vllm.frontend import ENGINE_ATTR, engine_client, engine_state_read
+
 STATE_PATH = "/aladdin/state"
+METRICS_PATH = "/metrics"
+NOT_OURS = ("the engine's scheduler is not AladdinScheduler: start vLLM with "
+            "--scheduler-cls aladdin.plugin.vllm.scheduler.AladdinScheduler")
+
+
+class RefreshMetrics:
+    """ASGI middleware: before vLLM answers ``GET /metrics``, set the aladdin series from the
+    engine's state; every other request passes straight through."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].rstrip("/") == METRICS_PATH:
+            read = await engine_state_read(scope["app"].state)
+            if read is not None:
+                from aladdin.plugin.vllm import metrics  # registers the series in this process only
+
+                metrics.export(read[1], read[0])
+        await self.app(scope, receive, send)
 
 
 class StateEndpoint:
@@ -15,17 +43,16 @@ class StateEndpoint:
     required_tasks = ("generate",)
 
     def attach_router(self, app: FastAPI) -> None:
+        app.add_middleware(RefreshMetrics)
+
         @app.get(STATE_PATH)
         async def aladdin_state(raw: Request) -> JSONResponse:
-            engine = getattr(raw.app.state, "aladdin_engine_client", None)
-            if engine is None:
+            if engine_client(raw.app.state) is None:
                 return JSONResponse({"error": "no engine behind this server"}, status_code=503)
-            state: Any = await engine.engine_core.call_utility_async("aladdin_state")
-            if state is None:
-                return JSONResponse({"error": "the engine's scheduler is not AladdinScheduler: start vLLM with "
-                                              "--scheduler-cls aladdin.plugin.vllm.scheduler.AladdinScheduler"},
-                                    status_code=404)
-            return JSONResponse(state)
+            read = await engine_state_read(raw.app.state)
+            if read is None:
+                return JSONResponse({"error": NOT_OURS}, status_code=404)
+            return JSONResponse(read[1])
 
     async def init_state(self, engine_client: Any, state: Any, args: Any) -> None:
-        state.aladdin_engine_client = engine_client
+        setattr(state, ENGINE_ATTR, engine_client)

@@ -12,8 +12,9 @@ exactly as it always does.
 
 - A request that can never fit (prompt + its predicted length, capped by ``max_tokens``, beyond
   the cache) is refused at once; with ``lost_ttft: hand-back`` a held request whose TTFT can no
-  longer be met here is handed back; both end with ``finish_reason="error"`` before their first
-  token, so a router can retry them elsewhere.
+  longer be met here is handed back. Both end with vLLM's error finish before their first token;
+  the front door (``middleware.FrontDoor``) turns that into a 503 naming the outcome, so a router
+  retries them elsewhere.
 - Decoding requests that outgrow their prediction are re-predicted (the core), so their share
   of the cache grows; nothing running moves.
 - The engine reports to the core after each step: one decode step, first tokens, preemptions,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
@@ -45,6 +47,8 @@ logger = init_logger("vllm.aladdin")  # under vLLM's logger, so its handlers pri
 
 ENGINE = "engine"  # the core's one worker
 RECONCILE_STEPS = 32  # steps between exact re-reads of every admitted request
+OUTCOMES_KEPT = 4096  # refused and handed-back requests remembered for the front door
+REJECTED, HANDED_BACK = "rejected", "handed-back"  # why a request ended before its first token
 
 
 def engine_perf(config: PluginConfig, block_size: int, blocks: int, max_num_seqs: int, max_batched_tokens: int) -> PerfModel:
@@ -84,6 +88,7 @@ class AladdinScheduler(compat.AsyncScheduler):
         self._admitted: dict[str, compat.Request] = {}  # in vLLM's queues
         self._preemptions: dict[str, int] = {}
         self._errors: dict[str, str] = {}  # request id -> why it ends with an error (sent next step)
+        self._outcomes: OrderedDict[str, dict[str, str]] = OrderedDict()  # the latest refusals, for ``outcome``
         self.rejected_total = 0
         self.handed_back_total = 0
         self._steps = 0
@@ -131,17 +136,30 @@ class AladdinScheduler(compat.AsyncScheduler):
                 super().add_request(request)
             else:  # shed: its TTFT can no longer be met on this worker
                 self.handed_back_total += 1
-                self._fail(request, "handed back: its TTFT can no longer be met on this worker; retry elsewhere")
+                self._fail(request, HANDED_BACK, "its TTFT can no longer be met on this worker; retry elsewhere")
 
     def _refuse(self, request: compat.Request, message: str) -> None:
         self.rejected_total += 1
-        self._fail(request, message)
+        self._fail(request, REJECTED, message)
 
-    def _fail(self, request: compat.Request, message: str) -> None:
-        """End the request with an error at the next step (vLLM sends it like its own errors)."""
-        logger.warning("aladdin: request %s ends with an error: %s", request.request_id, message)
+    def _fail(self, request: compat.Request, kind: str, message: str) -> None:
+        """End the request with an error at the next step (vLLM sends it like its own errors), and
+        remember why, so the front door can answer 503 with the reason instead of vLLM's 500."""
+        logger.warning("aladdin: request %s %s: %s", request.request_id, kind, message)
         self.requests[request.request_id] = request  # tracked (so it can finish), never queued
         self._errors[request.request_id] = message
+        self._outcomes[request.request_id] = {"outcome": kind, "message": message}
+        while len(self._outcomes) > OUTCOMES_KEPT:
+            self._outcomes.popitem(last=False)
+
+    def outcome(self, request_key: str) -> dict[str, str] | None:
+        """Why the request whose id contains ``-{request_key}-`` (the X-Request-Id the front door
+        set) ended before its first token, if this scheduler refused or handed it back."""
+        needle = f"-{request_key}-"
+        for request_id in reversed(self._outcomes):
+            if needle in f"{request_id}-":
+                return self._outcomes[request_id]
+        return None
 
     # ------------------------------------------------------------------ engine steps
 
@@ -229,15 +247,18 @@ class AladdinScheduler(compat.AsyncScheduler):
         def seconds(value: float) -> float | None:
             return value if math.isfinite(value) else None  # no SLO: JSON null
 
+        atgt = self._predicted_atgt()
+
         def row(request_id: str, where: str) -> dict[str, Any]:
             state = self.core.requests[request_id]
             return {"id": request_id, "where": where, "generated_tokens": self._engine.generated(state)
                     if state.worker else state.generated_tokens, "predicted_output_tokens": state.predicted_output_tokens,
                     "prompt_tokens": state.prompt_tokens, "ttft_slo": seconds(state.ttft_slo),
-                    "atgt_slo": seconds(state.atgt_slo)}
+                    "atgt_slo": seconds(state.atgt_slo), "predicted_atgt_s": atgt.get(request_id)}
 
         running = [r.request_id for r in self.running]
         waiting = [rid for rid in self._admitted if rid not in set(running)]
+        reserved = self._reserved_tokens()
         return {
             "plugin_version": __version__,
             "vllm_version": compat.VLLM_VERSION,
@@ -246,7 +267,10 @@ class AladdinScheduler(compat.AsyncScheduler):
             "capacity_tokens": kv.capacity_tokens,
             "block_size": kv.block_size,
             "kv_held_tokens": (pool.num_gpu_blocks - 1 - pool.get_num_free_blocks()) * self.block_size,
-            "kv_reserved_tokens": self._reserved_tokens(),
+            "kv_reserved_tokens": reserved,
+            "headroom": self.aladdin_config.headroom,
+            "kv_headroom_tokens": int(kv.capacity_tokens * (1.0 - self.aladdin_config.headroom)) - reserved,
+            "predicted_atgt_max_s": max(atgt.values(), default=0.0),
             "running": [row(rid, "running") for rid in running if rid in self.core.requests],
             "waiting": [row(rid, "waiting") for rid in waiting if rid in self.core.requests],
             "held": [row(rid, "held") for rid in self._held if rid in self.core.requests],
@@ -255,6 +279,19 @@ class AladdinScheduler(compat.AsyncScheduler):
             "max_held": self.aladdin_config.max_held,
             "tick_s": self.aladdin_config.tick_s,
         }
+
+    def _predicted_atgt(self) -> dict[str, float]:
+        """Each decoding request's predicted ATGT from now to its predicted end (the profile's
+        decode model over the running batch; zero without a profile)."""
+        decoding = [self.core.requests[r.request_id] for r in self.running
+                    if r.num_output_tokens >= 1 and r.request_id in self.core.requests]
+        if not decoding:
+            return {}
+        generated = [self._engine.generated(state) for state in decoding]
+        contexts = [state.prompt_tokens + done for state, done in zip(decoding, generated)]
+        remaining = [max(state.predicted_output_tokens - done, 1) for state, done in zip(decoding, generated)]
+        values = self._engine.perf.decode.predicted_atgt(contexts, remaining)
+        return {state.id: float(value) for state, value in zip(decoding, values)}
 
     def _reserved_tokens(self) -> int:
         """Predicted peak KV of everything admitted (each request at its predicted length)."""
