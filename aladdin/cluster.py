@@ -30,6 +30,9 @@ SERVER_NICENESS = 5
 BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32
 
 
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
 @dataclass
 class ClusterConfig:
     """What to start: N workers of one model shape, each with a KV budget in tokens."""
@@ -47,6 +50,7 @@ class ClusterConfig:
     served_model_name: str = "tiny"
     startup_timeout_s: float = 300.0
     extra_args: tuple[str, ...] = ()
+    python: str = sys.executable  # the interpreter whose vLLM runs the workers (another environment's, say)
 
     def validate(self) -> None:
         if self.workers < 1:
@@ -146,7 +150,7 @@ class LocalCluster:
         cfg = self.config
         blocks = cfg.kv_tokens // BLOCK_SIZE
         return [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            cfg.python, "-m", SERVER_MODULE,
             "--model", str(model_dir),
             "--served-model-name", cfg.served_model_name,
             "--load-format", "dummy",

@@ -20,7 +20,8 @@ def test_config_comes_from_the_env_file_then_vllms_additional_config(tmp_path):
 
 @pytest.mark.parametrize("values, message", [
     ({"headroom": 1.5}, "headroom"), ({"lost_ttft": "drop"}, "lost_ttft"), ({"nope": 1}, "unknown keys"),
-    ({"ttft_slo": 0}, "ttft_slo"),
+    ({"ttft_slo": 0}, "ttft_slo"), ({"length_quantile": 1.0}, "length_quantile"),
+    ({"default_output_tokens": 0}, "default_output_tokens"),
 ])
 def test_bad_config_is_one_clear_error(values, message):
     with pytest.raises(AladdinError, match=message):

@@ -30,7 +30,11 @@ class PluginConfig:
     max-sequences filters apply (ATGT and TTFT need the time models). ``headroom``: share of the
     KV (and ATGT) budget kept free. ``lost_ttft``: ``hand-back`` returns a waiting request whose
     TTFT can no longer be met with a retryable error, so a router re-places it; ``best-effort``
-    keeps it. ``tick_s``: how often held requests are re-checked without a capacity change.
+    keeps it. ``length_quantile``: the plugin's own predictor reserves this quantile of the
+    lengths it saw for similar prompts (null: their mean, the paper's choice); a higher one
+    under-predicts, and so preempts, less often. ``default_output_tokens``: the prediction
+    before the predictor has learned; null reserves the request's own ``max_tokens`` then.
+    ``tick_s``: how often held requests are re-checked without a capacity change.
     ``max_held``: held requests beyond which the front door (``--middleware``) answers 503."""
 
     profile: str | None = None
@@ -38,7 +42,8 @@ class PluginConfig:
     atgt_slo: float = math.inf
     headroom: float = 0.05
     lost_ttft: str = "hand-back"
-    default_output_tokens: int = 256
+    length_quantile: float | None = 0.9
+    default_output_tokens: int | None = None
     tick_s: float = 0.05
     max_held: int = 64  # the front door (middleware) answers 503 once this many wait for admission
 
@@ -50,8 +55,11 @@ class PluginConfig:
             raise AladdinError(f"aladdin plugin config: headroom must be in [0, 1), got {self.headroom}")
         if self.lost_ttft not in ("hand-back", "best-effort"):
             raise AladdinError(f"aladdin plugin config: lost_ttft must be hand-back or best-effort, got {self.lost_ttft!r}")
-        if self.default_output_tokens < 1 or self.max_held < 0:
-            raise AladdinError("aladdin plugin config: default_output_tokens must be >= 1 and max_held >= 0")
+        if self.length_quantile is not None and not 0.0 < self.length_quantile < 1.0:
+            raise AladdinError(f"aladdin plugin config: length_quantile must be in (0, 1) or null for the mean, "
+                               f"got {self.length_quantile}")
+        if (self.default_output_tokens is not None and self.default_output_tokens < 1) or self.max_held < 0:
+            raise AladdinError("aladdin plugin config: default_output_tokens must be >= 1 (or null) and max_held >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

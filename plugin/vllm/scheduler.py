@@ -80,7 +80,9 @@ class AladdinScheduler(compat.AsyncScheduler):
         self.core = Scheduler(
             [(ENGINE, perf)],
             admission_policy(self.aladdin_config).build(),
-            LengthPredictor(PredictorConfig(default_output_tokens=self.aladdin_config.default_output_tokens)),
+            LengthPredictor(PredictorConfig(quantile=self.aladdin_config.length_quantile,
+                                            default_output_tokens=self.aladdin_config.default_output_tokens
+                                            or self.max_model_len)),  # cold start: capped by max_tokens below
             SchedulerConfig(lost_ttft="shed" if self.aladdin_config.lost_ttft == "hand-back" else "best-effort"),
         )
         self._engine = self.core.worker(ENGINE)

@@ -7,6 +7,7 @@ MAX_NUM_SEQS=${MAX_NUM_SEQS:-256}
 MAX_BATCHED=${MAX_BATCHED:-8192}
 MAX_MODEL_LEN=${MAX_MODEL_LEN:-4096}
 GPU_UTIL=${GPU_UTIL:-0.9}
+SERVER_EXTRA=()   # more server flags (an array: callers set it before start_server)
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
        TOKENIZERS_PARALLELISM=false VLLM_USE_FLASHINFER_SAMPLER=0
@@ -30,12 +31,23 @@ prepare_machine() {
 start_server() {
   healthy && return 0
   echo "== starting vLLM (log $W/vllm_server.log)"
-  PYTHONPATH=$SERVER_PATH setsid nohup python3 -m vllm.entrypoints.openai.api_server \
+  PYTHONPATH=${SERVER_PYTHONPATH:-$SERVER_PATH} setsid nohup python3 -m vllm.entrypoints.openai.api_server \
     --model "$MODEL_DIR" --served-model-name llama2-7b --load-format dummy --dtype bfloat16 \
     --max-model-len "$MAX_MODEL_LEN" --max-num-seqs "$MAX_NUM_SEQS" --max-num-batched-tokens "$MAX_BATCHED" \
     --block-size 16 --no-enable-prefix-caching --gpu-memory-utilization "$GPU_UTIL" \
-    --disable-uvicorn-access-log --host 127.0.0.1 --port "$PORT" >"$W/vllm_server.log" 2>&1 </dev/null &
+    --disable-uvicorn-access-log --host 127.0.0.1 --port "$PORT" "${SERVER_EXTRA[@]}" \
+    >"$W/${SERVER_LOG:-vllm_server.log}" 2>&1 </dev/null &
   echo $! >"$W/server.pid"
+}
+
+# Stop the server started by start_server and wait until its port and GPU memory are free.
+stop_server() {
+  [ -f "$W/server.pid" ] || return 0
+  kill -- -"$(cat "$W/server.pid")" 2>/dev/null || kill "$(cat "$W/server.pid")" 2>/dev/null
+  for _ in $(seq 1 60); do kill -0 "$(cat "$W/server.pid")" 2>/dev/null || break; sleep 1; done
+  kill -9 -- -"$(cat "$W/server.pid")" 2>/dev/null
+  rm -f "$W/server.pid"
+  for _ in $(seq 1 30); do healthy || break; sleep 1; done
 }
 
 # In the pipeline (cwd $W): wait up to 600 s for the server; on failure write 5 to ./done and exit.
