@@ -164,7 +164,7 @@ def goals(rows: dict[str, dict]) -> dict:
     if plugin is None or "stock" not in rows:
         return {}
     stock_goodput = rows["stock"]["goodput_rps"] or 0.0
-    knobs = [n for n in rows if n not in ("plugin",)]
+    knobs = [n for n in rows if n != "plugin" and "skipped" not in rows[n]]
     return {
         "zero_preemptions": plugin["preemptions"] == 0,
         "goodput_vs_stock": plugin["goodput_rps"] / stock_goodput if stock_goodput else None,
@@ -188,8 +188,12 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=RUNS, help="run just these (repeatable)")
     parser.add_argument("--runs", type=Path, default=None, metavar="DIR",
                         help="analyse finished run folders DIR/<run name> instead of starting workers")
+    parser.add_argument("--skipped", action="append", default=[], metavar="RUN:REASON",
+                        help="with --runs: a run that was not made, and why (recorded in the JSON)")
     parser.add_argument("--hardware", default=None, help="what the runs ran on (default: this machine)")
     parser.add_argument("--run-command", default=None, help="with --runs: how the runs were made")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="write the run folders here (default: a temporary folder, removed)")
     parser.add_argument("--out", default="benchmarks/results/admission_cpu.json")
     args = parser.parse_args()
 
@@ -203,11 +207,15 @@ def main() -> None:
             if not names:
                 raise SystemExit(f"{root}: no run folders named {', '.join(RUNS)}")
         else:
-            root = Path(tmp)
+            root = args.keep or Path(tmp)
+            root.mkdir(parents=True, exist_ok=True)
             flags = run_local(args, perf, root)
             names = list(args.only or RUNS)
         rows = analyse(args, root, names)
     print_table(rows)
+    for item in args.skipped:
+        name, _, reason = item.partition(":")
+        rows[name] = {"skipped": reason}
     doc = {
         "hardware": args.hardware or f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
         "platform": platform.platform(),

@@ -42,7 +42,7 @@ class PluginConfig:
     atgt_slo: float = math.inf
     headroom: float = 0.05
     lost_ttft: str = "hand-back"
-    length_quantile: float | None = 0.9
+    length_quantile: float | None = 0.95
     default_output_tokens: int | None = None
     tick_s: float = 0.05
     max_held: int = 64  # the front door (middleware) answers 503 once this many wait for admission

@@ -44,22 +44,45 @@ async def respond(send: Any, status: int, body: bytes, headers: dict[str, str] |
     await send({"type": "http.response.body", "body": body})
 
 
-def is_preamble(event: bytes) -> bool:
-    """A chat stream's role chunk (sent with the first output, before its token or error)."""
+DONE = b"data: [DONE]"
+
+
+def carries_output(event: bytes) -> bool:
+    """Whether a stream event carries the request's output (a token, a tool call, a normal
+    finish), as opposed to what vLLM sends before it: a chat role chunk, a usage-only chunk."""
     if not event.startswith(b"data: {"):
-        return False
+        return event.strip() != DONE
     try:
         chunk = json.loads(event[len(b"data: "):])
     except ValueError:
+        return True
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list):
+        return True
+    for choice in choices:
+        delta = choice.get("delta") or {}
+        if choice.get("text") or delta.get("content") or set(delta) - {"role", "content"}:
+            return True
+        if choice.get("finish_reason") not in (None, "error"):
+            return True
+    return False
+
+
+def ended_in_error(payload: bytes) -> bool:
+    """An error body or event: vLLM 0.32 sends {"error": ...}; 0.26 ends the choice with
+    ``finish_reason: "error"`` in a normal chunk (or a 200 JSON body)."""
+    if payload.startswith(b"data: "):
+        payload = payload[len(b"data: "):]
+    if payload.startswith(b'{"error"'):
+        return True
+    if b'"finish_reason":"error"' not in payload.replace(b" ", b""):
+        return False
+    try:
+        chunk = json.loads(payload)
+    except ValueError:
         return False
     choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    return bool(choices) and all(
-        c.get("finish_reason") is None and not (c.get("delta") or {}).get("content") and not c.get("text")
-        and set(c.get("delta") or {}) <= {"role", "content"} for c in choices)
-
-
-def is_error_event(event: bytes) -> bool:
-    return event.startswith(b'data: {"error"')
+    return bool(choices) and any(isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices)
 
 
 class FrontDoor:
@@ -131,8 +154,9 @@ def request_key(scope: dict) -> str:
 
 
 class HeldResponse:
-    """Holds the response start (and a chat stream's role chunk) until the first token or error;
-    an error the scheduler caused becomes a 503 with its reason, anything else passes unchanged."""
+    """Holds the response start (and what a stream sends before its output: a chat role chunk, a
+    usage chunk) until the first output, an error or the stream's end; an end without output
+    that the scheduler caused becomes a 503 with its reason, anything else passes unchanged."""
 
     def __init__(self, send: Any, app_state: Any, key: str) -> None:
         self._send = send
@@ -140,9 +164,12 @@ class HeldResponse:
         self._key = key
         self._held: list[dict] = []  # the start message, then body messages
         self._events = 0
-        self._decided = False
+        self._decided = False  # the response passes through from here on
+        self._answered = False  # a 503 was sent instead
 
     async def send(self, message: dict) -> None:
+        if self._answered:
+            return  # the 503 replaced vLLM's response: the rest of it goes nowhere
         if self._decided:
             await self._send(message)
             return
@@ -159,16 +186,19 @@ class HeldResponse:
         if not streaming:
             if not ended:
                 return  # a whole JSON body is short: hold it
-            if start["status"] >= 500 and await self._answer_outcome():
+            if (start["status"] >= 500 or ended_in_error(b"".join(m.get("body", b"") for m in self._held[1:]))) \
+                    and await self._answer_outcome():
                 return
             await self._flush()
             return
         for event in body.split(b"\n\n"):
-            if not event.strip():
+            event = event.strip()
+            if not event:
                 continue
-            if is_error_event(event) and await self._answer_outcome():
+            # vLLM 0.32 streams an error event; 0.26 drops the empty error output and sends only [DONE]
+            if (ended_in_error(event) or event == DONE) and await self._answer_outcome():
                 return
-            if not is_preamble(event) or self._events >= PREAMBLE_EVENTS:
+            if carries_output(event) or event == DONE or self._events >= PREAMBLE_EVENTS:
                 await self._flush()
                 return
             self._events += 1
@@ -179,7 +209,7 @@ class HeldResponse:
         outcome = await request_outcome(self._app_state, self._key) if engine_client(self._app_state) else None
         if outcome is None:
             return False
-        self._decided = True
+        self._answered = True
         await respond(self._send, 503, error_body(f"aladdin {outcome['outcome']}: {outcome['message']}", 503,
                                                   "ServiceUnavailableError"),
                       {"Retry-After": str(RETRY_AFTER_S), OUTCOME_HEADER: outcome["outcome"]})

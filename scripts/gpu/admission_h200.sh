@@ -22,8 +22,8 @@ MAX_OUT=${MAX_OUT:-1024}
 GPU_BLOCKS=${GPU_BLOCKS:-1000}
 TTFT_SLO=${TTFT_SLO:-1.0}
 ATGT_SLO=${ATGT_SLO:-0.025}
-QUEUED_TOKENS=${QUEUED_TOKENS:-}   # --max-num-queued-tokens; bench_admission.py prints the suggested value
-RUNS=${RUNS:-"plugin stock queued_tokens reserve_full_isl watermark"}
+QUEUED_TOKENS=${QUEUED_TOKENS:-}   # --max-num-queued-tokens (vLLM 0.3x; 0.26 has no such flag)
+RUNS=${RUNS:-"plugin stock reserve_full_isl watermark"}   # add queued_tokens on a vLLM that has the flag
 PROFILE=${PROFILE:-profiles/h100-llama2-7b.json}
 DATA=${DATA:-.gpudata-adm}   # sharegpt_subset.py --seed $SEED -n $NUM --max-output-tokens $MAX_OUT --out $DATA
 
