@@ -326,3 +326,26 @@ def test_growing_the_pools_arrays_keeps_every_workers_forecast():
     assert fits[1] == before
     assert s.pool.slot_width >= 20 and s.pool.step_width >= 2999
     assert fits[0].kv_fill == pytest.approx(20 * (11 + 2998) / big.kv.capacity_tokens)  # their last step
+
+
+def test_a_router_token_report_that_passes_a_prediction_repredicts_it():
+    """Scheduler.tokens used to move the clock and drop the requests it took past their
+    prediction, so a router's streams were never re-predicted."""
+    s = scheduler(workers=1)
+    request = decoding(s, "w0", "a", 10, 3, generated=1)
+    s.tokens("a", 10, 0.5)
+    assert request.repredictions == 1 and request.predicted_output_tokens > 10
+
+
+def test_max_output_tokens_caps_the_prediction_queue_retries_and_repredictions():
+    s = scheduler(workers=1)  # the predictor's cold start says 20
+    for i in range(4):  # max_num_seqs: the new request queues
+        decoding(s, "w0", f"r{i}", 10, 50)
+    capped = Request("c", 10, 0.0, max_output_tokens=8)
+    s.arrive(capped, 0.0)
+    assert capped.predicted_output_tokens == 8 and capped.predicted_here
+    s.finish("r0", 50, 0.1)  # the queue is retried, the predictor asked again
+    assert capped.worker == "w0" and capped.predicted_output_tokens == 8
+    s.started("c", 1, 0.2)
+    s.tokens("c", 8, 0.3)  # at its cap and not finished: one more token at most
+    assert capped.predicted_output_tokens == 9

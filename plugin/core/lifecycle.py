@@ -159,7 +159,7 @@ class Scheduler:
         else:
             predicted = self.predictor.predict(request.prompt_tokens)
             request.predicted_here = True
-        request.predicted_output_tokens = request.first_prediction = max(int(predicted), 1)
+        request.predicted_output_tokens = request.first_prediction = request.capped(predicted)
 
     def arrive(self, request: Request, now: float, output_tokens: int | None = None) -> list[Decision]:
         """A new request: predict its length, then place or queue it."""
@@ -205,7 +205,7 @@ class Scheduler:
         while len(self.queue):
             request = self.queue.head()
             if request.predicted_here and not request.started:  # the predictor may have learned since
-                request.predicted_output_tokens = self.predictor.predict(request.prompt_tokens)
+                request.predicted_output_tokens = request.capped(self.predictor.predict(request.prompt_tokens))
             decision = self._try_place(request, now, retry=True)
             if decision is None:
                 break
@@ -242,22 +242,27 @@ class Scheduler:
         """The worker ran ``steps`` decode steps; requests that outgrew their prediction are
         re-predicted (then the queue is retried)."""
         worker = self.worker(worker_id)
-        overrun = worker.advance(steps, now)
+        return self._repredict(worker, worker.advance(steps, now), now)
+
+    def tokens(self, request_id: str, generated_tokens: int, now: float) -> list[Decision]:
+        """One request's stream reached ``generated_tokens`` (a router's view); the clock it
+        moves may take other requests past their prediction too."""
+        request, worker = self._request(request_id)
+        if request.status is RequestStatus.PLACED:
+            return self.started(request_id, generated_tokens, now)
+        return self._repredict(worker, worker.tokens(request, generated_tokens, now), now)
+
+    def _repredict(self, worker: WorkerState, overrun: list[Request], now: float) -> list[Decision]:
+        """Re-predict requests that reached their prediction unfinished (within their limit),
+        then retry the queue."""
         if not overrun or not self.track_overruns:
             return []
         for request in overrun:
             generated = worker.generated(request)
-            worker.repredict(request, generated + self.predictor.repredict(request.prompt_tokens, generated))
+            total = request.capped(generated + self.predictor.repredict(request.prompt_tokens, generated))
+            worker.repredict(request, max(total, generated + 1))
             self.errors[worker.id].repredictions += 1
         return self._retry(now) if len(self.queue) else []
-
-    def tokens(self, request_id: str, generated_tokens: int, now: float) -> list[Decision]:
-        """One request's stream reached ``generated_tokens`` (a router's view)."""
-        request, worker = self._request(request_id)
-        if request.status is RequestStatus.PLACED:
-            return self.started(request_id, generated_tokens, now)
-        worker.tokens(request, generated_tokens, now)
-        return self.advance(worker.id, 0, now)
 
     def tick(self, now: float) -> list[Decision]:
         """Retry the queue without a capacity change (a driver's clock): time alone can make a

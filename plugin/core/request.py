@@ -36,6 +36,8 @@ class Request:
     is its worker's business (``WorkerState.generated``). ``predicted_output_tokens`` is the
     current prediction of the total output length (re-predicted when a request outgrows it),
     ``first_prediction`` the one made at arrival (its error is what the lifecycle learns from).
+    ``max_output_tokens`` (the request's ``max_tokens``, or the context it has left) caps every
+    prediction and re-prediction; None: no limit known.
     """
 
     id: str
@@ -53,6 +55,12 @@ class Request:
     queued_once: bool = False
     repredictions: int = 0
     predicted_here: bool = False  # the scheduler's predictor made the prediction (not the caller)
+    max_output_tokens: int | None = None
+
+    def capped(self, output_tokens: int) -> int:
+        """A predicted total output length within the request's limit (and >= 1)."""
+        limit = self.max_output_tokens
+        return max(int(output_tokens) if limit is None else min(int(output_tokens), limit), 1)
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1:

@@ -159,23 +159,26 @@ class WorkerState:
                 overrun.append(self.requests[request_id])
         return overrun
 
-    def tokens(self, request: Request, generated_tokens: int, now: float) -> None:
+    def tokens(self, request: Request, generated_tokens: int, now: float) -> list[Request]:
         """A report of one request's total generated tokens (a router sees streams one by one).
 
         A request ahead of the worker's clock moves the clock (the engine stepped; the rest
-        of the batch follows); one more than a step behind (preempted, stalled) is re-anchored.
+        of the batch follows), and the requests that reached their prediction on the way are
+        returned, as ``advance`` does; one more than a step behind (preempted, stalled) is
+        re-anchored.
         """
         base = self._base.get(request.id)
         if base is None:
             request.generated_tokens = generated_tokens
-            return
+            return []
         expected = self.step - base
         if generated_tokens > expected:
-            self.advance(generated_tokens - expected, now)
-        elif expected - generated_tokens > 1:
+            return self.advance(generated_tokens - expected, now)
+        if expected - generated_tokens > 1:
             self._stop_decoding(request)
             self._anchor(request, generated_tokens)
             self._changed()
+        return []
 
     def remove(self, request: Request) -> None:
         """It finished or was aborted: its KV and its share of every forecast are gone."""

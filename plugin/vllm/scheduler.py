@@ -117,10 +117,9 @@ class AladdinScheduler(compat.AsyncScheduler):
             request.request_id, request.num_prompt_tokens, request.arrival_time,
             ttft_slo=inputs.ttft_slo or config.ttft_slo, atgt_slo=inputs.atgt_slo or config.atgt_slo,
             predicted_output_tokens=inputs.predicted_output_tokens or 0,
+            max_output_tokens=max(min(compat.max_tokens(request), self.max_model_len - request.num_prompt_tokens), 1),
         )
-        self.core.predict(core)
-        cap = max(min(compat.max_tokens(request), self.max_model_len - request.num_prompt_tokens), 1)
-        core.predicted_output_tokens = core.first_prediction = min(core.predicted_output_tokens, cap)
+        self.core.predict(core)  # capped by max_tokens, and so is every re-prediction
         kv = self._engine.perf.kv
         if request.num_prompt_tokens + core.predicted_output_tokens - 1 > kv.capacity_tokens:
             self._refuse(request, f"needs {request.num_prompt_tokens + core.predicted_output_tokens - 1} KV tokens, "
