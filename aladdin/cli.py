@@ -166,6 +166,7 @@ def _register_subcommands() -> None:
     from aladdin.loadgen.cli import replay
     from aladdin.plugin.plan.cli import plan
     from aladdin.plugin.profile.cli import profile
+    from aladdin.plugin.router.cli import router
     from aladdin.plugin.sim.cli import simulate
 
     cli.add_command(replay)
@@ -174,6 +175,7 @@ def _register_subcommands() -> None:
     cli.add_command(simulate)
     cli.add_command(plan)
     cli.add_command(demo)
+    cli.add_command(router)
 
 
 _register_subcommands()

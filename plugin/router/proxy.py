@@ -1,0 +1,217 @@
+"""One attempt of one request on one worker, up to the moment its answer may reach the client.
+
+Why apart from the front end: whether a request can still go elsewhere is decided here. Nothing
+is sent to the client before the worker's first stream event (or, not streaming, its whole
+body), so a worker that refuses the connection, dies before the first byte, or hands the
+request back (503, ``X-Aladdin-Outcome``) raises :class:`Retry` and the request is re-placed.
+Once the first event is out, the stream is the client's; :class:`StreamTracker` then follows
+it (tokens seen, the final usage) for the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from aladdin.plugin.router.inputs import ParsedRequest
+from aladdin.plugin.router.placement import Ticket
+from aladdin.plugin.vllm.config import ATGT_KEY, PREDICTED_KEY, TTFT_KEY
+
+OUTCOME_HEADER = "X-Aladdin-Outcome"
+WORKER_HEADER = "X-Aladdin-Worker"
+MIN_TTFT_BUDGET_S = 0.001
+
+
+class Retry(Exception):
+    """The attempt failed before anything reached the client; ``worker_failed``: the worker is
+    unreachable (it leaves the pool now), else it refused or dropped this request (it is
+    health-checked at once)."""
+
+    def __init__(self, reason: str, message: str, worker_failed: bool):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.worker_failed = worker_failed
+
+
+class UpstreamTimeout(Exception):
+    """The worker took longer than the router waits; the request is not retried (it may have run)."""
+
+
+@dataclass
+class Upstream:
+    """A worker's answer so far: a whole body, or a stream's head and its first events."""
+
+    status: int
+    content_type: str
+    body: bytes | None = None
+    response: aiohttp.ClientResponse | None = None
+    events: list[bytes] = field(default_factory=list)
+    reader: EventReader | None = None
+
+    def close(self) -> None:
+        """Drop the connection (not back to the pool): vLLM sees the client gone and aborts."""
+        if self.response is not None:
+            self.response.close()
+
+
+class EventReader:
+    """Server-sent events from a response, one at a time (``None`` at the end of the stream)."""
+
+    def __init__(self, response: aiohttp.ClientResponse):
+        self.response = response
+        self.buffer = b""
+        self.partial = False  # the stream ended inside an event
+
+    async def next(self, timeout: float) -> bytes | None:
+        while True:
+            end = self.buffer.find(b"\n\n")
+            if end >= 0:
+                event, self.buffer = self.buffer[:end], self.buffer[end + 2:]
+                if event.strip():
+                    return event
+                continue
+            chunk = await asyncio.wait_for(self.response.content.readany(), timeout)
+            if not chunk:
+                self.partial = bool(self.buffer.strip())
+                return None
+            self.buffer += chunk
+
+
+def upstream_body(parsed: ParsedRequest, ticket: Ticket, now: float) -> bytes:
+    """The client's request plus the prediction and SLOs in ``vllm_xargs`` (the TTFT budget left
+    after the time spent in the router), and the final usage chunk asked for on streams."""
+    payload: dict[str, Any] = dict(parsed.payload)
+    xargs = dict(payload.get("vllm_xargs") or {})
+    core = ticket.core
+    xargs[PREDICTED_KEY] = int(core.predicted_output_tokens)
+    if math.isfinite(core.ttft_slo):
+        xargs[TTFT_KEY] = max(core.ttft_slo - (now - core.arrival_time), MIN_TTFT_BUDGET_S)
+    if math.isfinite(core.atgt_slo):
+        xargs[ATGT_KEY] = core.atgt_slo
+    payload["vllm_xargs"] = xargs
+    if parsed.stream:
+        options = dict(payload.get("stream_options") or {})
+        options["include_usage"] = True
+        payload["stream_options"] = options
+    return json.dumps(payload).encode()
+
+
+async def start(session: aiohttp.ClientSession, url: str, parsed: ParsedRequest, ticket: Ticket, *,
+                headers: dict[str, str], connect_s: float, first_token_s: float, request_s: float,
+                now: float) -> Upstream:
+    """Send the request and wait for what may go to the client; raise Retry or UpstreamTimeout."""
+    body = upstream_body(parsed, ticket, now)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s)
+    response: aiohttp.ClientResponse | None = None
+    deadline = time.monotonic() + (first_token_s if parsed.stream else request_s)
+    try:
+        try:
+            response = await asyncio.wait_for(
+                session.post(url + parsed.path, data=body, timeout=timeout,
+                             headers={"Content-Type": "application/json", "X-Request-Id": ticket.id, **headers}),
+                first_token_s)
+            content_type = response.headers.get("Content-Type", "application/json")
+            if response.status == 503:
+                outcome = response.headers.get(OUTCOME_HEADER)
+                text = (await asyncio.wait_for(response.read(), max(deadline - time.monotonic(), 0.001))).decode(
+                    "utf-8", "replace")
+                response.release()
+                reason = outcome or "unavailable"
+                raise Retry(reason.replace("-", "_"), f"worker answered 503 ({reason}): {_message(text)}", False)
+            if not parsed.stream or response.status != 200 or not content_type.startswith("text/event-stream"):
+                data = await asyncio.wait_for(response.read(), max(deadline - time.monotonic(), 0.001))
+                response.release()
+                return Upstream(response.status, content_type, body=data)
+            reader = EventReader(response)
+            first = await reader.next(max(deadline - time.monotonic(), 0.001))
+            if first is None:
+                raise Retry("failed", "the worker ended the stream before its first event", True)
+            return Upstream(200, content_type, response=response, events=[first], reader=reader)
+        except aiohttp.ServerTimeoutError as exc:  # only the connect timeout is set on the session call
+            raise Retry("failed", f"worker unreachable: connect timeout ({exc})", True) from None
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"the worker did not answer within {first_token_s if parsed.stream else request_s:g} s") from None
+        except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:  # refused, unreachable
+            raise Retry("failed", f"worker unreachable: {type(exc).__name__}: {exc}".rstrip(": "), True) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            # it dropped the connection before the first byte reached the client (it died, or a
+            # pooled connection went stale): try another; a health check decides about the worker
+            raise Retry("failed", f"worker dropped the request: {type(exc).__name__}: {exc}".rstrip(": "),
+                        False) from None
+    except BaseException:
+        if response is not None:
+            response.close()
+        raise
+
+
+def _message(text: str) -> str:
+    try:
+        error = json.loads(text).get("error")
+        if isinstance(error, dict):
+            return str(error.get("message", ""))[:300]
+        return str(error)[:300]
+    except (ValueError, AttributeError):
+        return text.strip()[:300]
+
+
+class StreamTracker:
+    """Follows a stream for the core: tokens seen (one per event with content), the exact count
+    from the final usage chunk, the end; drops that usage chunk when the client did not ask."""
+
+    def __init__(self, wants_usage: bool):
+        self.wants_usage = wants_usage
+        self.generated = 0
+        self.usage_tokens: int | None = None
+        self.done = False
+        self.error = False
+
+    @property
+    def output_tokens(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else self.generated
+
+    def feed(self, event: bytes) -> bytes | None:
+        """The event to forward (None: drop it)."""
+        if not event.startswith(b"data:"):
+            return event
+        data = event[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return event
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return event
+        if not isinstance(chunk, dict):
+            return event
+        if "error" in chunk:
+            self.error = True
+            return event
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.usage_tokens = usage["completion_tokens"]
+        choices = chunk.get("choices")
+        if not choices:
+            return event if self.wants_usage or not isinstance(usage, dict) else None
+        if any(_has_content(choice) for choice in choices if isinstance(choice, dict)):
+            self.generated += 1
+        return event
+
+
+def _has_content(choice: dict[str, Any]) -> bool:
+    if choice.get("text"):
+        return True
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and bool(delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"))
+
+
+def error_event(message: str, code: int = 502) -> bytes:
+    """vLLM's own in-stream error shape."""
+    return b"data: " + json.dumps({"error": {"message": message, "type": "UpstreamError", "param": None,
+                                             "code": code}}).encode()
