@@ -30,6 +30,8 @@ REQUEST_COLUMNS = (
     "id", "scheduled", "sent", "done", "n_chunks", "usage_output_tokens", "prompt_tokens",
     "requested_output_tokens", "outcome", "error", "status", "worker",
 )
+# Per-request SLO columns (--slo-tiers runs): added to RunData.requests only when a record has them.
+SLO_COLUMNS = ("slo_tier", "ttft_slo", "atgt_slo")
 
 _BATCH_BYTES = 32 << 20  # lines parsed per batch, so Python objects never pile up for the whole file
 _TIMES_KEY = '"chunk_times":['
@@ -86,7 +88,7 @@ def load_run_dir(path: str | Path) -> RunData:
     if not records_path.is_file():
         raise AladdinError(f"{path}: no requests.jsonl in this run folder")
     meta = _read_run_json(path / "run.json")
-    columns: dict[str, list] = {name: [] for name in REQUEST_COLUMNS}
+    columns: dict[str, list] = {name: [] for name in (*REQUEST_COLUMNS, *SLO_COLUMNS)}
     times_parts: list[np.ndarray] = []
     tokens_parts: list[np.ndarray] = []
     partial_lines = 0
@@ -271,6 +273,10 @@ def _append_columns(records: list[dict], columns: dict[str, list]) -> None:
     columns["outcome"].extend(get(r, "outcome", OK) for r in records)
     columns["error"].extend(get(r, "error") for r in records)
     columns["worker"].extend(get(r, "worker") for r in records)
+    if "slo_tier" in columns:
+        columns["slo_tier"].extend(get(r, "slo_tier") for r in records)
+        for name in ("ttft_slo", "atgt_slo"):
+            columns[name].append(np.array([get(r, name) for r in records], dtype=np.float64))
 
 
 def _frame(columns: dict[str, list]) -> pd.DataFrame:
@@ -281,6 +287,14 @@ def _frame(columns: dict[str, list]) -> pd.DataFrame:
     frame = pd.DataFrame(data, columns=list(REQUEST_COLUMNS))
     frame["outcome"] = frame["outcome"].astype("category")
     frame["worker"] = frame["worker"].astype("category")  # a few names repeated a million times
+    if "slo_tier" in columns:
+        tiers = columns["slo_tier"]
+        ttft = np.concatenate(columns["ttft_slo"]) if columns["ttft_slo"] else np.zeros(0)
+        atgt = np.concatenate(columns["atgt_slo"]) if columns["atgt_slo"] else np.zeros(0)
+        if any(t is not None for t in tiers) or not np.isnan(ttft).all() or not np.isnan(atgt).all():
+            frame["slo_tier"] = pd.Series(tiers, dtype="object").astype("category")
+            frame["ttft_slo"] = ttft
+            frame["atgt_slo"] = atgt
     return frame
 
 

@@ -146,9 +146,10 @@ def request_metrics(run: RunData, slo: SLO, window: Window) -> RequestMetrics:
     ttft = first_token - sent
     ttft_from_scheduled = first_token - scheduled
     single = ok & (output_tokens < 2)
+    ttft_target, atgt_target = request_slos(req, slo)
     with np.errstate(invalid="ignore"):
-        ttft_ok = ok & (ttft <= slo.ttft)
-        atgt_ok = ok & ((atgt <= slo.atgt) | single)
+        ttft_ok = ok & (ttft <= ttft_target)
+        atgt_ok = ok & ((atgt <= atgt_target) | single)
     frame = pd.DataFrame({
         "id": req["id"].to_numpy(),
         "outcome": pd.Categorical(outcome, categories=list(OUTCOMES)),
@@ -183,8 +184,21 @@ def request_metrics(run: RunData, slo: SLO, window: Window) -> RequestMetrics:
         slo_ok = slo_ok & tbt_ok
     frame["slo_ok"] = slo_ok
     frame["error"] = req["error"].to_numpy()
+    if "slo_tier" in req:
+        frame["slo_tier"] = req["slo_tier"].to_numpy()
+        frame["ttft_slo"] = ttft_target
+        frame["atgt_slo"] = atgt_target
     return RequestMetrics(frame=frame, per_token_gap=per_token_gap, is_first=is_first,
                           schedule=(start, end), window=(w0, w1))
+
+
+def request_slos(req: pd.DataFrame, slo: SLO) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """Each request's TTFT and ATGT targets: its own (records of --slo-tiers runs), else ``slo``'s."""
+    if "ttft_slo" not in req:
+        return slo.ttft, slo.atgt
+    ttft = req["ttft_slo"].to_numpy(dtype=np.float64)
+    atgt = req["atgt_slo"].to_numpy(dtype=np.float64)
+    return np.where(np.isnan(ttft), slo.ttft, ttft), np.where(np.isnan(atgt), slo.atgt, atgt)
 
 
 def _per_request_sum(values: np.ndarray, begins: np.ndarray, has: np.ndarray) -> np.ndarray:
@@ -252,8 +266,9 @@ def summarize(run: RunData, metrics: RequestMetrics, gaps: np.ndarray, slo: SLO,
         "tpot": dict(atgt),  # vLLM's name for the same per-request number
         "e2e": stats(col("e2e")),
     }
+    ttft_target = col("ttft_slo", win) if "ttft_slo" in win else slo.ttft
     with np.errstate(invalid="ignore"):
-        ttft_sched_ok = ok & (col("ttft_from_scheduled", win) <= slo.ttft)
+        ttft_sched_ok = ok & (col("ttft_from_scheduled", win) <= ttft_target)
     attainment = {
         "ttft": share(win["ttft_ok"]),
         "ttft_from_scheduled": share(ttft_sched_ok),
@@ -273,7 +288,7 @@ def summarize(run: RunData, metrics: RequestMetrics, gaps: np.ndarray, slo: SLO,
         "output_tokens_per_s": rate(int(run.chunk_tokens[in_w].sum())),
     }
     start, end = metrics.schedule
-    return {
+    out = {
         "label": run.label,
         "source": run.source,
         "format": run.format,
@@ -299,6 +314,26 @@ def summarize(run: RunData, metrics: RequestMetrics, gaps: np.ndarray, slo: SLO,
         "throughput": throughput,
         "meta": run.meta,
     }
+    tiers = tier_summary(win, rate)
+    if tiers:
+        out["tiers"] = tiers
+    return out
+
+
+def tier_summary(win: pd.DataFrame, rate) -> dict:
+    """Per-tier requests, joint attainment and goodput of the in-window requests; {} without tiers."""
+    if "slo_tier" not in win:
+        return {}
+    names = win["slo_tier"].to_numpy(dtype=object)
+    slo_ok = win["slo_ok"].to_numpy(dtype=bool)
+    out = {}
+    for name in sorted({t for t in names.tolist() if t is not None and t == t}):
+        mine = names == name
+        count = int(np.count_nonzero(mine))
+        good = int(np.count_nonzero(slo_ok & mine))
+        out[name] = {"requests": count, "joint_attainment": good / count if count else None,
+                     "goodput_rps": rate(good)}
+    return out
 
 
 def attainment_curve(frame: pd.DataFrame, axis: str, grid: np.ndarray) -> np.ndarray:

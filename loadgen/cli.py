@@ -57,6 +57,13 @@ WORKLOAD_OPTIONS = (
                  help="Model folder whose tokenizer counts tokens (default: the tiny model)."),
 )
 
+# Per-request SLOs by tier (loadgen.slo): part of the workload, but a flag of its own decorator.
+slo_tiers_option = click.option(
+    "--slo-tiers", default=None,
+    help="Per-request SLOs by share, in seconds: 'NAME:SHARE:ttft=S,atgt=S;...', e.g. "
+         "'interactive:0.7:ttft=0.5,atgt=0.05;batch:0.3:ttft=10,atgt=0.2'. Tiers are drawn with --seed; "
+         "requests carry them as X-Aladdin-TTFT-SLO-Ms / X-Aladdin-ATGT-SLO-Ms headers.")
+
 
 def workload_options(fn):
     """The workload flags of every command that builds a schedule (replay, simulate): one set,
@@ -78,6 +85,7 @@ def workload_schedule(options: dict):
         tokenizer=str(tokenizer) if tokenizer else None,
         prompt_tokens=_len_range(options.pop("prompt_tokens")),
         output_tokens=_len_range(options.pop("output_tokens")),
+        slo_tiers=options.pop("slo_tiers", None),
         **{name: options.pop(name) for name in names},
     )
     workload.validate()
@@ -87,6 +95,7 @@ def workload_schedule(options: dict):
 @command("replay")
 @click.option("--host", required=True, help="Base URL of an OpenAI-compatible server or router.")
 @workload_options
+@slo_tiers_option
 @click.option("--api", type=click.Choice(["completions", "chat"]), default="completions", show_default=True)
 @click.option("--model", default=None, help="Model name (default: the server's first).")
 @click.option("--request-timeout", type=float, default=600.0, show_default=True)

@@ -18,7 +18,8 @@ import gevent
 from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPConnectionClosed
 
-from aladdin.loadgen.records import ERROR, OK, TIMEOUT, RequestRecord
+from aladdin.loadgen.records import ERROR, OK, TIMEOUT, RequestRecord, make_record
+from aladdin.loadgen.slo import slo_headers
 
 WORKER_HEADER = "x-aladdin-worker"
 STALE_CONNECTION_ERRORS = (HTTPConnectionClosed, ConnectionResetError, BrokenPipeError)
@@ -108,18 +109,24 @@ class StreamingClient:
         scheduled: float,
         expected_prompt_tokens: int | None = None,
         on_done: Callable[[RequestRecord], None] | None = None,
+        slo_tier: str | None = None,
+        ttft_slo: float | None = None,
+        atgt_slo: float | None = None,
     ) -> RequestRecord:
         """Send one request now and stream it to the end (or error, or timeout)."""
-        rec = RequestRecord(
+        rec = make_record(
             id=request_id,
             scheduled=scheduled,
             requested_output_tokens=output_tokens,
             expected_prompt_tokens=expected_prompt_tokens,
             dispatched=self.clock.now(),
             client=self.client_name,
+            slo_tier=slo_tier,
+            ttft_slo=ttft_slo,
+            atgt_slo=atgt_slo,
         )
         body = json.dumps(build_payload(self.endpoint, prompt, prompt_token_ids, output_tokens))
-        headers = {**self._headers, "X-Request-Id": request_id}
+        headers = {**self._headers, "X-Request-Id": request_id, **slo_headers(ttft_slo, atgt_slo)}
         try:
             with gevent.Timeout(self.endpoint.timeout_s):
                 response = self._send(body, headers, rec)

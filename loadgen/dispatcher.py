@@ -102,6 +102,8 @@ class Dispatcher:
                 if delay > 0:
                     gevent.sleep(delay)
                 spec = item.spec
+                slos = {} if item.slo_tier is None and item.ttft_slo is None and item.atgt_slo is None else {
+                    "slo_tier": item.slo_tier, "ttft_slo": item.ttft_slo, "atgt_slo": item.atgt_slo}
                 self._in_flight.spawn(
                     self.client.run,
                     item.id,
@@ -111,6 +113,7 @@ class Dispatcher:
                     item.offset,
                     spec.prompt_tokens,
                     self._record,
+                    **slos,
                 )
             self._in_flight.join()
         finally:

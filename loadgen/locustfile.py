@@ -40,6 +40,7 @@ def _add_arguments(parser) -> None:
     group.add_argument("--seed", type=int, default=WorkloadConfig.seed)
     group.add_argument("--time-scale", type=float, default=WorkloadConfig.time_scale)
     group.add_argument("--tokenizer", default=None, help="model folder whose tokenizer counts tokens (default: the tiny model)")
+    group.add_argument("--slo-tiers", default=None, help="per-request SLO tiers by share (aladdin replay --help)")
     group.add_argument("--api", choices=sorted(API_PATHS), default="completions")
     group.add_argument("--model", default=None, help="model name (default: the server's first)")
     group.add_argument("--request-timeout", type=float, default=600.0)
@@ -55,7 +56,7 @@ def _workload(opts) -> WorkloadConfig:
     return WorkloadConfig(
         dataset=opts.dataset, dataset_path=opts.dataset_path, num_requests=opts.num_requests,
         arrival=opts.arrival, rate=opts.rate, cv=opts.cv, seed=opts.seed, time_scale=opts.time_scale,
-        tokenizer=opts.tokenizer,
+        tokenizer=opts.tokenizer, slo_tiers=opts.slo_tiers,
     )
 
 

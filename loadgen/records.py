@@ -51,6 +51,30 @@ class RequestRecord:
         return json.dumps(asdict(self), separators=(",", ":"))
 
 
+@dataclass
+class SLORecord(RequestRecord):
+    """A request that carried its own SLOs (``--slo-tiers``): three more keys, after ``schema``.
+
+    A subclass, not new fields of RequestRecord, so records of requests without SLOs keep
+    exactly their old keys and bytes; readers take the keys with ``get`` (None when absent).
+    """
+
+    slo_tier: str | None = None  # its --slo-tiers tier
+    ttft_slo: float | None = None  # the SLOs (s) sent in its headers; None: the run's default applies
+    atgt_slo: float | None = None
+
+
+SLO_KEYS = ("slo_tier", "ttft_slo", "atgt_slo")
+
+
+def make_record(slo_tier: str | None = None, ttft_slo: float | None = None, atgt_slo: float | None = None,
+                **fields) -> RequestRecord:
+    """A RequestRecord, or an SLORecord when the request has a tier or SLOs of its own."""
+    if slo_tier is None and ttft_slo is None and atgt_slo is None:
+        return RequestRecord(**fields)
+    return SLORecord(**fields, slo_tier=slo_tier, ttft_slo=ttft_slo, atgt_slo=atgt_slo)
+
+
 def refuse_existing_run(folder: str | Path) -> None:
     """Refuse a run folder that already holds a run: its requests.jsonl would be appended to."""
     if (Path(folder) / "requests.jsonl").exists():

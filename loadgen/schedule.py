@@ -7,12 +7,13 @@ list a run replays; the CLI, the plain locustfile's master and the simulator all
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from aladdin.errors import AladdinError
 from aladdin.loadgen import arrivals, datasets
 from aladdin.loadgen.datasets import RequestSpec
+from aladdin.loadgen.slo import assign_tiers, parse_slo_tiers
 from aladdin.loadgen.workload import WorkloadConfig
 
 
@@ -23,6 +24,9 @@ class ScheduledRequest:
     id: str
     offset: float
     spec: RequestSpec
+    slo_tier: str | None = None  # the --slo-tiers tier drawn for it
+    ttft_slo: float | None = None  # its own SLOs in seconds (tier or trace); None: the run's default
+    atgt_slo: float | None = None
 
 
 def load_specs(config: WorkloadConfig, tokenizer) -> list[RequestSpec]:
@@ -67,7 +71,11 @@ def build_schedule(config: WorkloadConfig, tokenizer) -> list[ScheduledRequest]:
         trace_arrivals=[s.arrival for s in specs] if config.arrival == "trace" else None,
     )
     width = len(str(len(specs) - 1))
-    return [ScheduledRequest(f"r{i:0{width}d}", float(t), s) for i, (t, s) in enumerate(zip(offsets, specs))]
+    schedule = [ScheduledRequest(f"r{i:0{width}d}", float(t), s) for i, (t, s) in enumerate(zip(offsets, specs))]
+    if config.slo_tiers:
+        tiers = assign_tiers(parse_slo_tiers(config.slo_tiers), len(schedule), config.seed)
+        schedule = [replace(r, slo_tier=t.name, ttft_slo=t.ttft_s, atgt_slo=t.atgt_s) for r, t in zip(schedule, tiers)]
+    return schedule
 
 
 def shard(schedule: list[ScheduledRequest], parts: int) -> list[list[ScheduledRequest]]:
@@ -76,7 +84,17 @@ def shard(schedule: list[ScheduledRequest], parts: int) -> list[list[ScheduledRe
 
 
 def schedule_to_jsonable(schedule: list[ScheduledRequest]) -> list[dict]:
-    return [{"id": r.id, "offset": r.offset, "spec": _spec_dict(r.spec)} for r in schedule]
+    out = []
+    for r in schedule:
+        item = {"id": r.id, "offset": r.offset, "spec": _spec_dict(r.spec)}
+        for name in _SLO_FIELDS:  # only when set: schedules without SLOs keep their old lines
+            if getattr(r, name) is not None:
+                item[name] = getattr(r, name)
+        out.append(item)
+    return out
+
+
+_SLO_FIELDS = ("slo_tier", "ttft_slo", "atgt_slo")
 
 
 def schedule_from_jsonable(items: list[dict]) -> list[ScheduledRequest]:
@@ -85,7 +103,11 @@ def schedule_from_jsonable(items: list[dict]) -> list[ScheduledRequest]:
         spec = dict(item["spec"])
         if spec.get("prompt_token_ids") is not None:
             spec["prompt_token_ids"] = tuple(spec["prompt_token_ids"])
-        out.append(ScheduledRequest(item["id"], float(item["offset"]), RequestSpec(**spec)))
+        slos = {name: item.get(name) for name in _SLO_FIELDS}
+        for name in ("ttft_slo", "atgt_slo"):
+            if slos[name] is not None:
+                slos[name] = float(slos[name])
+        out.append(ScheduledRequest(item["id"], float(item["offset"]), RequestSpec(**spec), **slos))
     return out
 
 

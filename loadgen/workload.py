@@ -52,6 +52,7 @@ class WorkloadConfig:
     prompt_tokens: tuple[int, int] = (128, 128)  # synthetic: (lo, hi) uniform, lo == hi fixed
     output_tokens: tuple[int, int] = (128, 128)
     tokenizer: str | None = None  # model folder whose tokenizer counts tokens; default: the tiny model
+    slo_tiers: str | None = None  # --slo-tiers spec (loadgen.slo); None: no per-request SLOs
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -76,3 +77,7 @@ class WorkloadConfig:
             raise AladdinError("--dataset trace needs --dataset-path FILE")
         if not self.time_scale > 0:
             raise AladdinError(f"--time-scale must be > 0, got {self.time_scale}")
+        if self.slo_tiers is not None:
+            from aladdin.loadgen.slo import parse_slo_tiers
+
+            parse_slo_tiers(self.slo_tiers)

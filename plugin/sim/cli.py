@@ -14,7 +14,7 @@ import click
 
 from aladdin.clicommand import command
 from aladdin.errors import AladdinError
-from aladdin.loadgen.cli import workload_options, workload_schedule
+from aladdin.loadgen.cli import slo_tiers_option, workload_options, workload_schedule
 from aladdin.loadgen.records import refuse_existing_run
 from aladdin.plugin.core.policies import POLICY_NAMES
 from aladdin.plugin.core.queue import QUEUE_ORDERS
@@ -24,6 +24,7 @@ from aladdin.plugin.core.queue import QUEUE_ORDERS
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Worker profile (JSON from 'aladdin profile') whose models time every iteration.")
 @workload_options
+@slo_tiers_option
 @click.option("--workers", type=click.IntRange(min=1), required=True,
               help="Number of workers (engines); with --prefill-workers, the decode pool.")
 @click.option("--prefill-workers", type=click.IntRange(min=0), default=0, show_default=True,

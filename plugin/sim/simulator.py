@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from aladdin.errors import AladdinError
-from aladdin.loadgen.records import OK, RUN_SCHEMA_VERSION, SCHEMA_VERSION, RequestRecord, refuse_existing_run
+from aladdin.loadgen.records import OK, RUN_SCHEMA_VERSION, SCHEMA_VERSION, RequestRecord, make_record, refuse_existing_run
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.lifecycle import Decision, Placement, Scheduler, SchedulerConfig
 from aladdin.plugin.core.perfmodel import PerfModel
@@ -156,6 +156,7 @@ class SimResult:
     central_queued: int  # requests that waited in the central queue at least once
     prediction_error_by_worker: dict[str, dict[str, Any]]
     wall_seconds: float
+    slos: list[tuple[str | None, float | None, float | None]] | None = None  # per request: tier, ttft, atgt
 
     def times_of(self, i: int) -> np.ndarray:
         return self.token_times[self.token_offsets[i] : self.token_offsets[i + 1]]
@@ -191,7 +192,8 @@ class SimResult:
         """The requests as RequestRecord objects (the slow path; ``write`` is the fast one)."""
         for i, request_id in enumerate(self.ids):
             times = self.times_of(i).tolist()
-            yield RequestRecord(
+            yield make_record(
+                *(self.slos[i] if self.slos else ()),
                 id=request_id,
                 scheduled=float(self.arrival[i]),
                 requested_output_tokens=int(self.requested_output_tokens[i]),
@@ -278,6 +280,11 @@ class SimResult:
         requested = self.requested_output_tokens.tolist()
         workers = [json.dumps(w) for w in self.worker_ids]
         worker = self.worker.tolist()
+        slos = [  # SLORecord's keys, after schema; none for a request without SLOs (a plain RequestRecord)
+            f',"slo_tier":{json.dumps(tier)},"ttft_slo":{json.dumps(ttft)},"atgt_slo":{json.dumps(atgt)}'
+            if (tier, ttft, atgt) != (None, None, None) else ""
+            for tier, ttft, atgt in self.slos
+        ] if self.slos else None
         with open(path, "w", encoding="utf-8") as fh:
             lines = []
             for i, request_id in enumerate(self.ids):
@@ -290,7 +297,7 @@ class SimResult:
                     f'"chunk_tokens":[{("1," * len(chunk))[:-1]}],"done":{chunk[-1]!r},'
                     f'"prompt_tokens":{prompts[i]},"output_tokens":{outputs[i]},'
                     f'"expected_prompt_tokens":{prompts[i]},"status":200,"outcome":"ok","error":null,'
-                    f'"worker":{workers[worker[i]]},"client":null,"schema":{SCHEMA_VERSION}}}\n'
+                    f'"worker":{workers[worker[i]]},"client":null,"schema":{SCHEMA_VERSION}{slos[i] if slos else ""}}}\n'
                 )
                 if len(lines) == 4096:
                     fh.write("".join(lines))
@@ -376,9 +383,12 @@ class ClusterSimulator:
         self.out = [int(r.spec.output_tokens) for r in schedule]
         self._check_lengths()
         config = self.config
+        self.slos = [(r.slo_tier, r.ttft_slo, r.atgt_slo) for r in schedule]  # per-request (--slo-tiers)
         self.requests = [
-            Request(self.ids[i], self.prompt[i], self.arrival[i], ttft_slo=config.ttft_slo, atgt_slo=config.atgt_slo)
-            for i in range(n)
+            Request(self.ids[i], self.prompt[i], self.arrival[i],
+                    ttft_slo=config.ttft_slo if r.ttft_slo is None else r.ttft_slo,
+                    atgt_slo=config.atgt_slo if r.atgt_slo is None else r.atgt_slo)
+            for i, r in enumerate(schedule)
         ]
         self.gen = [0] * n  # generated tokens of a request that is not decoding
         self.base = [0] * n  # decoding: generated = worker iterations - base
@@ -787,6 +797,7 @@ class ClusterSimulator:
             central_queued=self.scheduler.queued_requests,
             prediction_error_by_worker=self.scheduler.error_summary(),
             wall_seconds=wall_seconds,
+            slos=self.slos if any(x != (None, None, None) for x in self.slos) else None,
         )
 
 
