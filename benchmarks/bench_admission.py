@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -53,12 +52,10 @@ def aladdin(*args) -> None:
 
 def scrape(url: str) -> dict[str, float]:
     """The counters of one server (missing series count 0: stock vLLM has no aladdin ones)."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
-    values = {}
-    for key, name in COUNTERS.items():
-        found = re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
-        values[key] = sum(float(v) for v in found)
-    return values
+    from aladdin.plugin.router.workers import metric_sum, parse_metrics
+
+    samples = parse_metrics(urllib.request.urlopen(url + "/metrics", timeout=30).read().decode())
+    return {key: metric_sum(samples, name) or 0.0 for key, name in COUNTERS.items()}
 
 
 def queued_tokens_limit(perf, ttft_slo: float, prompt_tokens: int) -> int:

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
+from aladdin.plugin.router.workers import metric_sum, parse_metrics
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -68,8 +69,8 @@ def get_json(url: str) -> dict:
 
 
 def metric(url: str, name: str) -> float:
-    text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    samples = parse_metrics(urllib.request.urlopen(url + "/metrics", timeout=30).read().decode())
+    return metric_sum(samples, name) or 0.0
 
 
 def overload(url: str, watch=None) -> list[tuple[int, dict]]:
