@@ -69,7 +69,8 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def router_for(cluster, tokenizer, **overrides):
-    config = RouterConfig(workers=tuple(cluster.urls), policy=overrides.pop("policy", "rr"), health_interval_s=0.2,
+    config = RouterConfig(workers=overrides.pop("workers", tuple(cluster.urls)), policy=overrides.pop("policy", "rr"),
+                          health_interval_s=0.2,
                           timeouts=overrides.pop("timeouts", Timeouts(first_token=60, read=30, request=120, queue=30)),
                           **overrides)
     router = Router(config, tokenizer=tokenizer)
@@ -265,6 +266,61 @@ def test_overload_is_429_and_disconnects_abort_on_the_workers(workers, tokenizer
                 return not any(counts) and not router.placer.tickets
 
             await until(idle)
+
+    asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def round_robin_l4(backends: list[int]):
+    """A minimal TCP (L4) balancer: each new connection goes to the next backend port."""
+    turn = iter(range(1 << 30))
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def accept(client_reader, client_writer):
+        port = backends[next(turn) % len(backends)]
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+def test_two_router_groups_behind_an_l4_balancer_each_place_on_their_own_workers(workers, tokenizer):
+    """The paper's grouped schedulers: one router per group of workers, any balancer in front."""
+    async def main():
+        group_a, group_b = ([url] for url in workers.urls)
+        async with router_for(workers, tokenizer, policy="aladdin", workers=tuple(group_a)) as router_a, \
+                router_for(workers, tokenizer, policy="aladdin", workers=tuple(group_b)) as router_b:
+            ports = [int(r.base.rsplit(":", 1)[1]) for r in (router_a, router_b)]
+            own = {ports[0]: f"127.0.0.1:{workers.workers[0].port}", ports[1]: f"127.0.0.1:{workers.workers[1].port}"}
+            async with round_robin_l4(ports) as front:
+                body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "ignore_eos": True,
+                        "stream": True}
+                connector = aiohttp.TCPConnector(force_close=True)  # one connection per request: the L4 spreads them
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    results = await asyncio.gather(*[post(session, f"http://127.0.0.1:{front}/v1/completions", body)
+                                                     for _ in range(6)])
+            assert all(status == 200 and stream_text(raw)[1] == ["length"] for status, _, raw in results)
+            served = [headers["X-Aladdin-Worker"] for _, headers, _ in results]
+            assert sorted(set(served)) == sorted(own.values())
+            for router, port in ((router_a, ports[0]), (router_b, ports[1])):
+                async with router.client.get(router.base + "/state") as resp:
+                    state = await resp.json()
+                assert [w["id"] for w in state["workers"]] == [own[port]]
+                assert set(router.metrics.placements.values) == {(own[port],)}
+                assert sum(router.metrics.placements.values.values()) == served.count(own[port])
 
     asyncio.run(main())
 
