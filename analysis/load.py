@@ -9,8 +9,11 @@ memory budget; ``n_chunks`` in the frame says how many entries belong to each re
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import lzma
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -33,6 +36,12 @@ REQUEST_COLUMNS = (
 # Per-request SLO columns (--slo-tiers runs): added to RunData.requests only when a record has them.
 SLO_COLUMNS = ("slo_tier", "ttft_slo", "atgt_slo")
 
+# Where a run's preemption count comes from: the simulator's own count (run.json summary), or
+# vLLM's counter scraped into the run folder's counters.json (the admission benchmark writes it).
+PREEMPTIONS_SIMULATED = "simulator"
+PREEMPTIONS_VLLM = "vllm:num_preemptions_total"
+COUNTERS_FILE = "counters.json"
+
 _BATCH_BYTES = 32 << 20  # lines parsed per batch, so Python objects never pile up for the whole file
 _TIMES_KEY = '"chunk_times":['
 _TOKENS_KEY = '"chunk_tokens":['
@@ -50,6 +59,8 @@ class RunData:
     chunk_tokens: np.ndarray  # int32, tokens carried by each chunk (always >= 1)
     meta: dict = field(default_factory=dict)  # run.json, or the bench result's scalar fields
     partial_lines: int = 0  # unreadable lines skipped (a killed run's cut last line)
+    preemptions: int | None = None  # over the whole run; None: not recorded (see _preemptions)
+    preemptions_source: str | None = None  # PREEMPTIONS_SIMULATED or PREEMPTIONS_VLLM
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
@@ -111,8 +122,30 @@ def load_run_dir(path: str | Path) -> RunData:
     label = meta.get("label")
     if not isinstance(label, str) or not label:
         label = path.resolve().name
+    preemptions, source = _preemptions(path, meta)
     return RunData(label=label, source=str(path), format=ALADDIN_FORMAT, requests=requests,
-                   chunk_times=chunk_times, chunk_tokens=chunk_tokens, meta=meta, partial_lines=partial_lines)
+                   chunk_times=chunk_times, chunk_tokens=chunk_tokens, meta=meta, partial_lines=partial_lines,
+                   preemptions=preemptions, preemptions_source=source)
+
+
+def _preemptions(path: Path, meta: dict) -> tuple[int | None, str | None]:
+    """The run's preemptions and their source: a simulation's own count, else vLLM's counter
+    from ``counters.json`` in the folder; (None, None) when neither is there (``aladdin replay``
+    reads no server counter)."""
+    summary = meta.get("summary")
+    if meta.get("simulated") and isinstance(summary, dict):
+        count = summary.get("preemptions")
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            return count, PREEMPTIONS_SIMULATED
+    counters = path / COUNTERS_FILE
+    if not counters.is_file():
+        return None, None
+    value = _read_run_json(counters).get("preemptions")
+    if value is None:
+        return None, None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and float(value).is_integer()):
+        raise AladdinError(f"{counters}: 'preemptions' must be a whole number >= 0, got {value!r}")
+    return int(value), PREEMPTIONS_VLLM
 
 
 def _read_run_json(path: Path) -> dict:
@@ -323,8 +356,34 @@ def load_vllm_bench(path: str | Path) -> list[RunData]:
     return runs
 
 
+# Compressed bench results (``result.json.gz``, ``.json.xz``), told by their first bytes.
+_COMPRESSED = ((b"\x1f\x8b", "gzip", gzip.open), (b"\xfd7zXZ\x00", "xz", lzma.open))
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, decompressed when it is gzip or xz (whatever its name)."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    for magic, name, opener in _COMPRESSED:
+        if head.startswith(magic):
+            try:
+                with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+                    return fh.read()
+            except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:  # a cut or damaged file
+                raise AladdinError(f"{path}: corrupt {name} file ({exc})") from None
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _bench_stem(path: Path) -> str:
+    """The file name without ``.json`` and a compression suffix: ``r.json.xz`` -> ``r``."""
+    name = path.name
+    for suffix in (".gz", ".xz"):
+        name = name.removesuffix(suffix)
+    return name.removesuffix(".json") or path.name
+
+
 def _read_json_documents(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = _read_text(path)
     if not text.strip():
         raise AladdinError(f"{path}: empty file (expected a run folder or a vLLM bench result JSON)")
     try:
@@ -393,7 +452,7 @@ def _bench_to_run(doc: dict, path: Path, suffix: str) -> RunData:
         "worker": [None] * n,
     }, columns=list(REQUEST_COLUMNS))
     meta = {k: v for k, v in doc.items() if not isinstance(v, (list, dict))}
-    label = (doc.get("label") or path.stem) + suffix
+    label = (doc.get("label") or _bench_stem(path)) + suffix
     return RunData(label=str(label), source=str(path), format=VLLM_BENCH_FORMAT, requests=requests,
                    chunk_times=chunk_times, chunk_tokens=np.ones(len(chunk_times), dtype=np.int32), meta=meta)
 

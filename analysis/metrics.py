@@ -312,6 +312,7 @@ def summarize(run: RunData, metrics: RequestMetrics, gaps: np.ndarray, slo: SLO,
         "latency_s": latency,
         "attainment": attainment,
         "throughput": throughput,
+        "preemptions": {"count": run.preemptions, "source": run.preemptions_source},  # whole run, not the window
         "meta": run.meta,
     }
     tiers = tier_summary(win, rate)

@@ -109,6 +109,7 @@ COMPARISON_COLUMNS = (
     _Column("ok", "", lambda s: s["counts"]["ok"], _int),
     _Column("errors", "", lambda s: s["counts"]["errors"], _int),
     _Column("timeouts", "", lambda s: s["counts"]["timeouts"], _int),
+    _Column("preemptions", "whole run", lambda s: s["preemptions"]["count"], _int),
     _Column("TTFT p50", "ms", lambda s: s["latency_s"]["ttft"]["p50"], _ms),
     _Column("TTFT p99", "ms", lambda s: s["latency_s"]["ttft"]["p99"], _ms),
     _Column("ATGT p50", "ms", lambda s: s["latency_s"]["atgt"]["p50"], _ms),
@@ -125,10 +126,29 @@ COMPARISON_COLUMNS = (
 
 
 def comparison_rows(summaries: Sequence[dict], with_tbt: bool) -> tuple[list[str], list[str], list[list[str]]]:
-    """Headers, units and formatted cells, one row per run (the TBT column only with a TBT SLO)."""
-    columns = [c for c in COMPARISON_COLUMNS if with_tbt or c.header != "TBT" or c.unit != "attained"]
+    """Headers, units and formatted cells, one row per run (the TBT column only with a TBT SLO,
+    the preemptions column only when a run recorded them)."""
+    with_preemptions = any(_has_preemptions(s) for s in summaries)
+    columns = [c for c in COMPARISON_COLUMNS
+               if (with_tbt or c.header != "TBT" or c.unit != "attained")
+               and (with_preemptions or c.header != "preemptions")]
     rows = [[c.fmt(c.value(s)) for c in columns] for s in summaries]
     return [c.header for c in columns], [c.unit for c in columns], rows
+
+
+def _has_preemptions(summary: dict) -> bool:
+    return summary.get("preemptions", {}).get("count") is not None
+
+
+def preemptions_note(summaries: Sequence[dict]) -> str | None:
+    """Where the preemption counts come from, and why a run has none; None without the column."""
+    if not any(_has_preemptions(s) for s in summaries):
+        return None
+    note = ("preemptions: over the whole run, from the simulator or from vLLM's "
+            "vllm:num_preemptions_total in the run folder's counters.json")
+    if not all(_has_preemptions(s) for s in summaries):
+        note += "; '-': not recorded (aladdin replay and vLLM bench results keep no preemption count)"
+    return note
 
 
 def format_table(document: dict) -> str:
@@ -142,6 +162,9 @@ def format_table(document: dict) -> str:
     out = [_slo_text(document), "", line(headers), line(units), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
     notes = [f"{s['label']}: {note}" for s in document["runs"] for note in run_notes(s)]
+    preemptions = preemptions_note(document["runs"])
+    if preemptions:
+        notes.append(preemptions)
     if notes:
         out += ["", *notes]
     return "\n".join(out)
@@ -210,6 +233,9 @@ def render_html(document: dict, images: dict[str, bytes]) -> str:
     headers, units, rows = comparison_rows(runs, document["slo"]["tbt_s"] is not None)
     headers = [f"{h} ({u})" if u else h for h, u in zip(headers, units)]
     parts += ["<h2>Comparison</h2>", _html_table(headers, rows)]
+    preemptions = preemptions_note(runs)
+    if preemptions:
+        parts.append(f"<p>{esc(preemptions)}</p>")
     for s in runs:
         parts += _html_run(s)
     if images:

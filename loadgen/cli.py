@@ -12,7 +12,7 @@ import click
 
 from aladdin.clicommand import command
 from aladdin.errors import AladdinError
-from aladdin.loadgen.workload import ARRIVAL_KINDS, DATASETS, WorkloadConfig
+from aladdin.loadgen.workload import ARRIVAL_KINDS, DATASETS, DEFAULT_RATE, DEFAULT_REQUESTS, WorkloadConfig
 
 
 def _len_range(text: str) -> tuple[int, int]:
@@ -36,9 +36,14 @@ WORKLOAD_OPTIONS = (
     click.option("--dataset", type=click.Choice(DATASETS), default=WorkloadConfig.dataset, show_default=True),
     click.option("--dataset-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="ShareGPT-format JSON or a trace (Azure CSV, Mooncake JSONL). Default: packaged ShareGPT V3."),
-    click.option("--num-requests", "-n", type=int, default=WorkloadConfig.num_requests, show_default=True),
-    click.option("--arrival", type=click.Choice(ARRIVAL_KINDS), default=WorkloadConfig.arrival, show_default=True),
-    click.option("--rate", type=float, default=WorkloadConfig.rate, show_default=True, help="Requests per second."),
+    # None: the dataset's default (WorkloadConfig.__post_init__): a trace is replayed whole on its own timestamps.
+    click.option("--num-requests", "-n", type=int, default=None,
+                 help=f"Requests to send (default: {DEFAULT_REQUESTS}); with --dataset trace, its first N "
+                      "(default: the whole trace)."),
+    click.option("--arrival", type=click.Choice(ARRIVAL_KINDS), default=None,
+                 help="Arrival process (default: poisson; with --dataset trace, the trace's timestamps)."),
+    click.option("--rate", type=float, default=None,
+                 help=f"Requests per second of poisson, gamma or constant arrivals (default: {DEFAULT_RATE:g})."),
     click.option("--cv", type=float, default=WorkloadConfig.cv, show_default=True,
                  help="Gamma arrivals: CV of inter-arrival times."),
     click.option("--seed", type=int, default=WorkloadConfig.seed, show_default=True),
@@ -74,10 +79,17 @@ def workload_options(fn):
 
 
 def workload_schedule(options: dict):
-    """Pop the workload flags out of a command's ``options``: (WorkloadConfig, schedule)."""
-    from aladdin.loadgen.schedule import build_schedule, workload_tokenizer
+    """Pop the workload flags out of a command's ``options``: (WorkloadConfig, make_schedule).
+
+    ``make_schedule(prompts=False)`` leaves out the prompt texts of synthetic and trace requests
+    (their token counts are all a simulation needs), so no tokenizer is loaded for them.
+    """
+    from aladdin.loadgen.schedule import build_schedule
 
     path, tokenizer = options.pop("dataset_path"), options.pop("tokenizer")
+    if options["dataset"] == "trace" and options["arrival"] is None and options["rate"] is not None:
+        raise AladdinError("--rate does not apply to a trace's own timestamps; add --arrival poisson, gamma or "
+                           "constant to replace them, or --time-scale to replay the trace faster or slower")
     names = ("dataset", "num_requests", "arrival", "rate", "cv", "seed", "time_scale", "min_prompt_tokens",
              "max_prompt_tokens", "min_output_tokens", "max_output_tokens", "max_total_tokens")
     workload = WorkloadConfig(
@@ -89,7 +101,7 @@ def workload_schedule(options: dict):
         **{name: options.pop(name) for name in names},
     )
     workload.validate()
-    return workload, lambda: build_schedule(workload, workload_tokenizer(workload))
+    return workload, lambda prompts=True: build_schedule(workload, prompts=prompts)
 
 
 @command("replay")

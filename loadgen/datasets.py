@@ -39,11 +39,11 @@ MOONCAKE_BLOCK_TOKENS = 512  # tokens behind one Mooncake hash id
 class RequestSpec:
     """One request to replay: what to send and, for traces, when."""
 
-    prompt: str  # sent to /v1/completions, or as the chat user message
+    prompt: str  # sent to /v1/completions, or as the chat user message; "" when built counts-only
     prompt_tokens: int  # length with the target tokenizer, no special tokens
     output_tokens: int  # max_tokens, sent with ignore_eos
     arrival: float | None  # seconds after the trace's first request (time-scaled); None: no timing
-    prompt_token_ids: tuple[int, ...] | None  # exact ids of a synthesized prompt; None for ShareGPT
+    prompt_token_ids: tuple[int, ...] | None  # exact ids of a synthesized prompt; None for ShareGPT and counts-only
     source_id: str  # ShareGPT conversation id, trace line number, or synthetic-<i>
 
 
@@ -176,6 +176,21 @@ class PromptSynthesizer:
         ]
 
 
+def _counts_only(
+    prompt_tokens: Sequence[int],
+    output_tokens: Sequence[int],
+    source_ids: Sequence[str],
+    arrivals: Sequence[float] | None = None,
+) -> list[RequestSpec]:
+    """Requests with token counts and no prompt (a simulation needs no text, and no tokenizer)."""
+    return [
+        RequestSpec(prompt="", prompt_tokens=int(n), output_tokens=int(out),
+                    arrival=float(arrivals[i]) if arrivals is not None else None,
+                    prompt_token_ids=None, source_id=source_ids[i])
+        for i, (n, out) in enumerate(zip(prompt_tokens, output_tokens))
+    ]
+
+
 def _lengths(spec: int | tuple[int, int], n: int, rng: np.random.Generator, name: str) -> np.ndarray:
     """A fixed length, or uniform integers in [lo, hi]."""
     if isinstance(spec, numbers.Integral) and not isinstance(spec, bool):
@@ -195,22 +210,27 @@ def _lengths(spec: int | tuple[int, int], n: int, rng: np.random.Generator, name
 
 
 def synthetic(
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase | None,
     num_requests: int,
     prompt_tokens: int | tuple[int, int],
     output_tokens: int | tuple[int, int],
     seed: int = 0,
 ) -> list[RequestSpec]:
-    """Random-word prompts of exact token lengths; each length fixed or uniform in (lo, hi)."""
+    """Random-word prompts of exact token lengths; each length fixed or uniform in (lo, hi).
+
+    Without a tokenizer the requests carry the same lengths and no prompt."""
     _check_count(num_requests)
     rng = np.random.default_rng(seed)
     prompt_lens = _lengths(prompt_tokens, num_requests, rng, "prompt_tokens")
     output_lens = _lengths(output_tokens, num_requests, rng, "output_tokens")
+    source_ids = [f"synthetic-{i}" for i in range(num_requests)]
+    if tokenizer is None:
+        return _counts_only(prompt_lens, output_lens, source_ids)
     return PromptSynthesizer(tokenizer, seed).requests(
         prompt_lens,
         output_lens,
         keys=range(num_requests),
-        source_ids=[f"synthetic-{i}" for i in range(num_requests)],
+        source_ids=source_ids,
     )
 
 
@@ -595,7 +615,7 @@ def _hash_lists(path: Path, raw: _RawTrace, column: str) -> list[list[int]]:
 
 def load_trace(
     path: str | Path,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase | None,
     time_scale: float = 1.0,
     fmt: str | None = None,
     seed: int = 0,
@@ -613,7 +633,8 @@ def load_trace(
 
     ``arrival = (t - t_first) * time_scale``: 0.5 replays twice as fast, 2.0 half as fast.
     ``seed`` picks the synthesized words; ``limit`` keeps only the first requests by arrival.
-    ``source_id`` is the request's line number in the file.
+    ``source_id`` is the request's line number in the file. Without a tokenizer the requests
+    carry the traced lengths and no prompt.
     """
     if not (isinstance(time_scale, numbers.Real) and math.isfinite(time_scale) and time_scale > 0):
         raise AladdinError(f"time scale must be a positive number, got {time_scale!r}")
@@ -636,6 +657,8 @@ def load_trace(
     hashes = _hash_lists(source, raw, form.hash_ids) if form.hash_ids else None
     order = np.argsort(seconds, kind="stable")[:limit]
     arrivals = (seconds[order] - seconds[order[0]]) * time_scale
+    if tokenizer is None:
+        return _counts_only(prompt_lens[order], output_lens[order], [str(line) for line in raw.lines[order]], arrivals)
     return PromptSynthesizer(tokenizer, seed).requests(
         prompt_lens[order],
         output_lens[order],

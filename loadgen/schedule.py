@@ -29,11 +29,16 @@ class ScheduledRequest:
     atgt_slo: float | None = None
 
 
-def load_specs(config: WorkloadConfig, tokenizer) -> list[RequestSpec]:
-    """The requests of the workload, in send order, before arrival times are attached."""
+def load_specs(config: WorkloadConfig, tokenizer=None, *, prompts: bool = True) -> list[RequestSpec]:
+    """The requests of the workload, in send order, before arrival times are attached.
+
+    ``tokenizer`` (default: :func:`workload_tokenizer`, loaded only when needed) counts ShareGPT
+    texts and synthesizes the prompts of synthetic and trace requests. With ``prompts=False``
+    those two carry token counts only (``prompt`` empty, no ids), and no tokenizer is loaded.
+    """
     if config.dataset == "sharegpt":
         return datasets.load_sharegpt(
-            tokenizer,
+            tokenizer if tokenizer is not None else workload_tokenizer(config),
             config.num_requests,
             seed=config.seed,
             path=config.dataset_path,
@@ -43,6 +48,12 @@ def load_specs(config: WorkloadConfig, tokenizer) -> list[RequestSpec]:
             max_output_tokens=config.max_output_tokens,
             max_total_tokens=config.max_total_tokens,
         )
+    if prompts:
+        tokenizer = tokenizer if tokenizer is not None else workload_tokenizer(config)
+    else:
+        tokenizer = None
+        if config.tokenizer and not Path(config.tokenizer).is_dir():
+            raise AladdinError(f"tokenizer folder {config.tokenizer} does not exist")
     if config.dataset == "synthetic":
         return datasets.synthetic(
             tokenizer, config.num_requests, tuple(config.prompt_tokens), tuple(config.output_tokens), seed=config.seed
@@ -59,9 +70,10 @@ def workload_tokenizer(config: WorkloadConfig):
     return datasets.load_tokenizer(config.tokenizer or default_model_dir("tiny"))
 
 
-def build_schedule(config: WorkloadConfig, tokenizer) -> list[ScheduledRequest]:
+def build_schedule(config: WorkloadConfig, tokenizer=None, *, prompts: bool = True) -> list[ScheduledRequest]:
+    """The workload's requests with their send offsets (``tokenizer`` and ``prompts``: as load_specs)."""
     config.validate()
-    specs = load_specs(config, tokenizer)
+    specs = load_specs(config, tokenizer, prompts=prompts)
     offsets = arrivals.make_offsets(
         config.arrival,
         len(specs),

@@ -12,6 +12,8 @@ from aladdin.errors import AladdinError
 
 DATASETS = ("sharegpt", "synthetic", "trace")
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "trace")
+DEFAULT_REQUESTS = 100  # of a dataset other than a trace
+DEFAULT_RATE = 1.0  # requests/s of an arrival process other than the trace's timestamps
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,11 @@ class WorkloadConfig:
 
     dataset: str = "sharegpt"
     dataset_path: str | None = None  # ShareGPT-format file or trace file; default: packaged ShareGPT
-    num_requests: int = 100
-    arrival: str = "poisson"
-    rate: float | None = 1.0  # requests/s (not used by arrival=trace)
+    # None takes the dataset's default (__post_init__): a trace keeps all its requests and its
+    # own timestamps; other datasets draw DEFAULT_REQUESTS at DEFAULT_RATE, Poisson.
+    num_requests: int | None = None  # None after __post_init__: the whole trace
+    arrival: str | None = None
+    rate: float | None = None  # requests/s (None after __post_init__ for arrival=trace: not used)
     cv: float = 1.0  # gamma burstiness: coefficient of variation of inter-arrival times
     seed: int = 0
     time_scale: float = 1.0  # trace timestamps are multiplied by this
@@ -55,6 +59,15 @@ class WorkloadConfig:
     slo_tiers: str | None = None  # --slo-tiers spec (loadgen.slo); None: no per-request SLOs
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        trace = self.dataset == "trace"
+        if self.num_requests is None and not trace:
+            self.num_requests = DEFAULT_REQUESTS
+        if self.arrival is None:
+            self.arrival = "trace" if trace else "poisson"
+        if self.rate is None and self.arrival != "trace":
+            self.rate = DEFAULT_RATE
+
     @classmethod
     def from_jsonable(cls, data: dict) -> WorkloadConfig:
         """The config back from ``asdict`` after a JSON round trip (run.json, the Locust child's flag)."""
@@ -65,7 +78,7 @@ class WorkloadConfig:
             raise AladdinError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.arrival not in ARRIVAL_KINDS:
             raise AladdinError(f"unknown arrival process {self.arrival!r}; choose one of {', '.join(ARRIVAL_KINDS)}")
-        if self.num_requests < 1:
+        if self.num_requests is not None and self.num_requests < 1:
             raise AladdinError(f"--num-requests must be at least 1, got {self.num_requests}")
         if self.arrival != "trace" and (self.rate is None or not self.rate > 0):
             raise AladdinError(f"--rate must be > 0 requests/s, got {self.rate}")

@@ -49,7 +49,8 @@ def test_table_and_outputs(tmp_path, two_runs):
     assert [r["label"] for r in doc["runs"]] == ["aladdin", "vllm-bench"]
     first = doc["runs"][0]
     assert set(first) == {"label", "source", "format", "records", "partial_lines", "window", "counts",
-                          "latency_s", "attainment", "throughput", "meta", "sweeps"}
+                          "latency_s", "attainment", "throughput", "preemptions", "meta", "sweeps"}
+    assert first["preemptions"] == {"count": None, "source": None}  # a replay keeps no preemption count
     assert first["attainment"]["joint"] == pytest.approx(2 / 7)
     assert len(first["sweeps"]["atgt"]["joint_attainment"]) == 4
 
@@ -142,3 +143,66 @@ def test_chromium_renders_the_report(tmp_path, chromium):
     assert '<section id="attainment">' in dom
     assert '<b id="attainment-0">42.86%</b>' in dom  # 3 of 7 requests
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compressed_bench_results_are_read(tmp_path):
+    import gzip
+    import lzma
+
+    plain = write_bench(tmp_path, bench_result(label=None))
+    (tmp_path / "b.json.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    (tmp_path / "c.json.xz").write_bytes(lzma.compress(plain.read_bytes()))
+    result = run_cli(plain, tmp_path / "b.json.gz", tmp_path / "c.json.xz", *SLO_ARGS, "--json", tmp_path / "a.json")
+    assert result.exit_code == 0, result.output
+    runs = json.loads((tmp_path / "a.json").read_text())["runs"]
+    assert [r["label"] for r in runs] == ["bench", "b", "c"]
+    for run in runs[1:]:
+        for key in ("counts", "latency_s", "attainment", "throughput"):
+            assert run[key] == runs[0][key], key
+    (tmp_path / "cut.json.gz").write_bytes(gzip.compress(plain.read_bytes())[:-12])
+    cut = run_cli(tmp_path / "cut.json.gz", *SLO_ARGS)
+    assert cut.exit_code != 0 and "Traceback" not in cut.output
+    (line,) = cut.output.strip().splitlines()
+    assert line.startswith(f"Error: {tmp_path / 'cut.json.gz'}: corrupt gzip file")
+
+
+def test_preemptions_from_the_simulator_and_from_vllms_counter(tmp_path):
+    sim = write_run(tmp_path / "sim", REFERENCE, {"label": "sim", "simulated": True, "summary": {"preemptions": 7}})
+    real = write_run(tmp_path / "real", REFERENCE, {"label": "real"})
+    (real / "counters.json").write_text(json.dumps({"preemptions": 12.0, "rejected": 0.0}))
+    plain = write_run(tmp_path / "plain", REFERENCE, {"label": "plain"})
+    result = run_cli(sim, real, plain, *SLO_ARGS, "--json", tmp_path / "a.json")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(line for line in lines if line.startswith("run "))
+    column = header.split().index("preemptions")
+    cells = {line.split()[0]: line.split()[column] for line in lines if line.split()[:1] in (["sim"], ["real"], ["plain"])}
+    assert cells == {"sim": "7", "real": "12", "plain": "-"}
+    assert any(line.startswith("preemptions: over the whole run") and "'-': not recorded" in line for line in lines)
+    runs = json.loads((tmp_path / "a.json").read_text())["runs"]
+    assert [r["preemptions"] for r in runs] == [{"count": 7, "source": "simulator"},
+                                                {"count": 12, "source": "vllm:num_preemptions_total"},
+                                                {"count": None, "source": None}]
+    alone = run_cli(plain, *SLO_ARGS)  # no run recorded any: no column, no note
+    assert alone.exit_code == 0 and "preemptions" not in alone.output
+    (real / "counters.json").write_text(json.dumps({"preemptions": "many"}))
+    bad = run_cli(real, *SLO_ARGS)
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert bad.output.strip().splitlines() == [
+        f"Error: {real / 'counters.json'}: 'preemptions' must be a whole number >= 0, got 'many'"]
+
+
+def test_simulated_run_preemptions_reach_the_analysis(tmp_path):
+    from test_sim import PERF, schedule
+
+    from aladdin.plugin.core.perfmodel import KVModel, PerfModel
+    from aladdin.plugin.sim.simulator import SimConfig, simulate
+
+    small = PerfModel(PERF.prefill, PERF.decode, KVModel(16, 16 * 20), max_num_seqs=8, max_batched_tokens=2048)
+    result = simulate(schedule([(0.0, 100, 150), (0.01, 100, 150)]), small, SimConfig(num_workers=1, policy="jsq"))
+    result.write(tmp_path / "run", label="sim")
+    assert result.preemptions.sum() > 0
+    out = run_cli(tmp_path / "run", *SLO_ARGS, "--json", tmp_path / "a.json")
+    assert out.exit_code == 0, out.output
+    assert json.loads((tmp_path / "a.json").read_text())["runs"][0]["preemptions"] == {
+        "count": int(result.preemptions.sum()), "source": "simulator"}

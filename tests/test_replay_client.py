@@ -161,6 +161,8 @@ def test_run_json_records_every_workload_flag(fake_server, tmp_path, tiny_model_
         (["--rate", "-1"], "--rate must be > 0"),
         (["--dataset", "trace"], "--dataset trace needs --dataset-path"),
         (["--dataset", "trace", "--dataset-path", "/nonexistent/trace.csv"], "/nonexistent/trace.csv"),
+        (["--dataset", "trace", "--dataset-path", "/nonexistent/trace.csv", "--rate", "2"],
+         "--rate does not apply to a trace's own timestamps; add --arrival poisson"),
         (["--dataset-path", "/nonexistent/sharegpt.json"], "/nonexistent/sharegpt.json"),
     ],
 )

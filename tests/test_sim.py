@@ -303,3 +303,114 @@ def test_simulate_command_end_to_end(tmp_path, tiny_model_dir):
     assert run["params"]["prefill_workers"] == 1 and run["params"]["kv_transfer_s_per_token"] == pytest.approx(5e-6)
     workers = {json.loads(line)["worker"] for line in (tmp_path / "split" / "requests.jsonl").read_text().splitlines()}
     assert workers <= {"w0", "w1", "w2"}  # every reply here has more than one token: decoded in the decode pool
+
+
+# --- the simulate command as a user expects it (issue 13 item 4) --------------------------
+
+
+@pytest.fixture
+def profile_file(tmp_path):
+    return save_profile(tmp_path / "p.json", PERF, ProfileMeta("tiny", "sim", 1, "0.26.0", "test"))
+
+
+@pytest.fixture
+def no_tokenizer(monkeypatch):
+    """Loading a tokenizer fails the test: a workload of token counts must not need one."""
+    def refuse(path):
+        raise AssertionError(f"a tokenizer was loaded from {path}")
+
+    monkeypatch.setattr("aladdin.loadgen.datasets.load_tokenizer", refuse)
+
+
+def write_trace(path, count: int):
+    """A generic trace of ``count`` requests, 0.25 s apart from t = 10 s."""
+    rows = [f"{10 + 0.25 * i:.2f},{20 + i % 50},{3 + i % 7}" for i in range(count)]
+    path.write_text("timestamp,prompt_tokens,output_tokens\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def run_simulate(*args):
+    from aladdin.plugin.sim.cli import simulate as simulate_command
+
+    return CliRunner().invoke(simulate_command, [str(a) for a in args])
+
+
+def scheduled_times(folder) -> list[float]:
+    lines = (folder / "requests.jsonl").read_text().splitlines()
+    return sorted(json.loads(line)["scheduled"] for line in lines)
+
+
+def test_simulate_kv_tokens_overrides_the_profile_capacity(tmp_path, profile_file):
+    args = ["--profile", profile_file, "--workers", "1", "--policy", "jsq", "--dataset", "synthetic",
+            "--prompt-tokens", "200", "--output-tokens", "100", "--rate", "50", "-n", "40"]
+    plain = run_simulate(*args, "-o", tmp_path / "plain")
+    assert plain.exit_code == 0, plain.output
+    small = run_simulate(*args, "--kv-tokens", "1000", "-o", tmp_path / "small")  # 62 blocks of 16: 992 tokens
+    assert small.exit_code == 0, small.output
+    plain_run = json.loads((tmp_path / "plain" / "run.json").read_text())
+    small_run = json.loads((tmp_path / "small" / "run.json").read_text())
+    assert plain_run["params"]["kv_tokens"] == PERF.kv.capacity_tokens
+    assert small_run["params"]["kv_tokens"] == 992
+    assert plain_run["summary"]["preemptions"] == 0 < small_run["summary"]["preemptions"]
+    too_small = run_simulate(*args, "--kv-tokens", "256", "-o", tmp_path / "too-small")
+    assert too_small.exit_code != 0 and "more than a worker's 256" in too_small.output
+    below_a_block = run_simulate(*args, "--kv-tokens", "15", "-o", tmp_path / "tiny")
+    assert below_a_block.output.strip().splitlines() == ["Error: --kv-tokens 15 is less than one KV block (16 tokens)"]
+
+
+def test_simulate_trace_uses_the_whole_trace_and_its_timestamps(tmp_path, profile_file):
+    from aladdin.loadgen.workload import WorkloadConfig
+
+    trace = write_trace(tmp_path / "trace.csv", 150)  # more than the 100 requests other datasets default to
+    config = WorkloadConfig(dataset="trace", dataset_path=str(trace))
+    assert (config.num_requests, config.arrival, config.rate) == (None, "trace", None)
+    assert (WorkloadConfig().num_requests, WorkloadConfig().arrival, WorkloadConfig().rate) == (100, "poisson", 1.0)
+    args = ["--profile", profile_file, "--workers", "2", "--dataset", "trace", "--dataset-path", trace]
+    whole = run_simulate(*args, "-o", tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    assert scheduled_times(tmp_path / "whole") == pytest.approx([0.25 * i for i in range(150)])
+    cut = run_simulate(*args, "-n", "20", "-o", tmp_path / "cut")  # an explicit -n still applies
+    assert cut.exit_code == 0, cut.output
+    assert scheduled_times(tmp_path / "cut") == pytest.approx([0.25 * i for i in range(20)])
+    poisson = run_simulate(*args, "--arrival", "poisson", "--rate", "2", "-o", tmp_path / "poisson")
+    assert poisson.exit_code == 0, poisson.output
+    times = scheduled_times(tmp_path / "poisson")
+    assert len(times) == 150 and times != pytest.approx([0.25 * i for i in range(150)])
+    rate_alone = run_simulate(*args, "--rate", "2", "-o", tmp_path / "rate")
+    assert rate_alone.exit_code != 0 and len(rate_alone.output.strip().splitlines()) == 1
+    assert "--rate does not apply to a trace's own timestamps" in rate_alone.output
+
+
+def test_simulate_loads_no_tokenizer_for_token_counts(tmp_path, profile_file, no_tokenizer):
+    trace = write_trace(tmp_path / "trace.csv", 30)
+    for name, workload in (("synthetic", ["--dataset", "synthetic", "--prompt-tokens", "10:90", "-n", "30"]),
+                           ("trace", ["--dataset", "trace", "--dataset-path", trace])):
+        result = run_simulate("--profile", profile_file, "--workers", "1", *workload, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        assert len((tmp_path / name / "requests.jsonl").read_text().splitlines()) == 30
+    missing = run_simulate("--profile", profile_file, "--workers", "1", "--dataset", "synthetic",
+                           "--tokenizer", tmp_path / "nope", "-o", tmp_path / "missing")
+    assert missing.exit_code != 0 and f"tokenizer folder {tmp_path / 'nope'} does not exist" in missing.output
+
+
+def test_counts_only_specs_match_the_synthesized_lengths(tiny_model_dir):
+    from aladdin.loadgen.datasets import load_tokenizer, synthetic
+
+    counts = synthetic(None, 20, (5, 50), (2, 9), seed=3)
+    texts = synthetic(load_tokenizer(tiny_model_dir), 20, (5, 50), (2, 9), seed=3)
+    assert [(s.prompt_tokens, s.output_tokens) for s in counts] == [(s.prompt_tokens, s.output_tokens) for s in texts]
+    assert all(s.prompt == "" and s.prompt_token_ids is None for s in counts)
+
+
+def test_simulate_without_an_slo_reports_no_attainment(tmp_path, profile_file):
+    args = ["--profile", profile_file, "--workers", "1", "--dataset", "synthetic", "--rate", "200", "-n", "60"]
+    none = run_simulate(*args, "-o", tmp_path / "none")
+    assert none.exit_code == 0, none.output
+    assert "SLO attainment" not in none.output and "no SLO was given" in none.output
+    assert json.loads((tmp_path / "none" / "run.json").read_text())["summary"]["slo_attainment"] is None
+    tiers = run_simulate(*args, "--slo-tiers", "tight:0.5:ttft=0.0001,atgt=1;loose:0.5:ttft=100,atgt=1",
+                         "-o", tmp_path / "tiers")  # no run-wide SLO, but every request has its own
+    assert tiers.exit_code == 0, tiers.output
+    attained = json.loads((tmp_path / "tiers" / "run.json").read_text())["summary"]["slo_attainment"]
+    assert 0.2 < attained < 0.8  # the tight tier misses, the loose one meets
+    assert f"SLO attainment {100 * attained:.1f}%" in tiers.output

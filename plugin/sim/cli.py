@@ -7,7 +7,7 @@ folder has the same files, so ``aladdin analyze`` compares simulated and real ru
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -34,6 +34,9 @@ from aladdin.plugin.core.queue import QUEUE_ORDERS
               help="Split-phase: microseconds to move one prompt token's KV to the decode pool.")
 @click.option("--gpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
               help="GPUs of one worker; must match the profile's gpus_per_worker.")
+@click.option("--kv-tokens", type=click.IntRange(min=1), default=None,
+              help="KV cache capacity of each worker in tokens, rounded down to whole blocks "
+                   "(default: the profile's, as its engine reported it).")
 @click.option("--policy", default="aladdin", show_default=True,
               help=f"A named policy ({', '.join(POLICY_NAMES)}), a spec such as "
                    "'filters=seqs,kv,atgt-own,atgt,ttft;score=fill;pick=min', or a JSON file of one.")
@@ -50,8 +53,9 @@ from aladdin.plugin.core.queue import QUEUE_ORDERS
               help="Prediction before enough requests have finished.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
-def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, policy, queue_order, ttft_slo,
-             atgt_slo, headroom, oracle_lengths, predictor_quantile, default_output_tokens, output, label, **workload_flags):
+def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, kv_tokens, policy,
+             queue_order, ttft_slo, atgt_slo, headroom, oracle_lengths, predictor_quantile, default_output_tokens,
+             output, label, **workload_flags):
     """Simulate a cluster of vLLM workers serving a workload under a placement policy."""
     from aladdin.plugin.core.policies import parse_policy
     from aladdin.plugin.core.predictor import PredictorConfig
@@ -68,6 +72,8 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
         raise AladdinError(
             f"profile {profile_path} was measured with gpus_per_worker {measured}, not --gpus-per-worker {gpus_per_worker}"
         )
+    if kv_tokens is not None:
+        perf = _with_kv_tokens(perf, kv_tokens)
     try:
         predictor = PredictorConfig(quantile=predictor_quantile, default_output_tokens=default_output_tokens)
     except ValueError as exc:
@@ -87,10 +93,10 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
         kv_transfer_s_per_token=kv_transfer_us_per_token * 1e-6,
     )
     config.validate()
-    schedule = make_schedule()
+    schedule = make_schedule(prompts=False)  # token counts are all it needs: no tokenizer unless ShareGPT
     pools = f"{prefill_workers} prefill + {workers} decode" if prefill_workers else str(workers)
-    click.echo(f"simulating {len(schedule)} requests over {schedule[-1].offset:.1f}s on {pools} workers ({policy})",
-               err=True)
+    click.echo(f"simulating {len(schedule)} requests over {schedule[-1].offset:.1f}s on {pools} workers ({policy}, "
+               f"{perf.kv.capacity_tokens} KV tokens each)", err=True)
     result = ClusterSimulator(perf, config, spec).run(schedule)
     params = {
         "workload": asdict(workload),
@@ -99,6 +105,7 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
         "prefill_workers": prefill_workers,
         "kv_transfer_s_per_token": config.kv_transfer_s_per_token,
         "gpus_per_worker": gpus_per_worker,
+        "kv_tokens": perf.kv.capacity_tokens,
         "policy": spec.name,
         "policy_spec": spec.to_dict(),
         "queue": queue_order,
@@ -117,7 +124,20 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
     ttft, atgt = summary["ttft"], summary["atgt"]
     click.echo(f"TTFT p50 {ttft['p50_s']:.3f}s p99 {ttft['p99_s']:.3f}s; "
                f"ATGT p50 {_ms(atgt['p50_s'])} p99 {_ms(atgt['p99_s'])}")
-    click.echo(f"SLO attainment {100 * summary['slo_attainment']:.1f}%; records in {output}")
+    if summary["slo_attainment"] is None:
+        click.echo(f"no SLO was given (--ttft-slo, --atgt-slo or --slo-tiers), so no attainment; records in {output}")
+    else:
+        click.echo(f"SLO attainment {100 * summary['slo_attainment']:.1f}%; records in {output}")
+
+
+def _with_kv_tokens(perf, kv_tokens: int):
+    """The profile with each worker's KV capacity set to ``kv_tokens``, in whole blocks."""
+    from aladdin.plugin.core.perfmodel import KVModel
+
+    block = perf.kv.block_size
+    if kv_tokens < block:
+        raise AladdinError(f"--kv-tokens {kv_tokens} is less than one KV block ({block} tokens)")
+    return replace(perf, kv=KVModel(block, kv_tokens // block * block))
 
 
 def _ms(seconds: float | None) -> str:

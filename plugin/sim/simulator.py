@@ -183,10 +183,25 @@ class SimResult:
                 np.nan,
             )
 
+    def _targets(self, ttft_slo: float, atgt_slo: float) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """Each request's TTFT and ATGT targets: its own (--slo-tiers) where it has one, else the run's."""
+        if not self.slos:
+            return ttft_slo, atgt_slo
+        ttft = np.array([ttft_slo if t is None else t for _, t, _ in self.slos], dtype=float)
+        atgt = np.array([atgt_slo if a is None else a for _, _, a in self.slos], dtype=float)
+        return ttft, atgt
+
+    def has_slo(self, ttft_slo: float, atgt_slo: float) -> bool:
+        """Whether any request has a finite SLO to attain (the run's or its own)."""
+        ttft, atgt = self._targets(ttft_slo, atgt_slo)
+        return bool(np.isfinite(ttft).any() or np.isfinite(atgt).any())
+
     def attainment(self, ttft_slo: float, atgt_slo: float) -> float:
-        """Fraction meeting both SLOs (a one-token output has no ATGT to miss)."""
+        """Fraction meeting both SLOs, each request's own where it has them (a one-token output
+        has no ATGT to miss)."""
+        ttft, atgt_target = self._targets(ttft_slo, atgt_slo)
         atgt = np.nan_to_num(self.atgt, nan=0.0)
-        return float(np.mean((self.ttft <= ttft_slo) & (atgt <= atgt_slo)))
+        return float(np.mean((self.ttft <= ttft) & (atgt <= atgt_target)))
 
     def records(self) -> Iterator[RequestRecord]:
         """The requests as RequestRecord objects (the slow path; ``write`` is the fast one)."""
@@ -240,7 +255,7 @@ class SimResult:
             "central_queued_requests": self.central_queued,
             "ttft": pct(ttft),
             "atgt": pct(atgt),
-            "slo_attainment": self.attainment(ttft_slo, atgt_slo) if n else None,
+            "slo_attainment": self.attainment(ttft_slo, atgt_slo) if n and self.has_slo(ttft_slo, atgt_slo) else None,
             "prediction_error": prediction_errors(self.first_prediction, self.output_tokens).to_dict() if n else None,
             "prediction_error_by_worker": self.prediction_error_by_worker,
         }
