@@ -62,9 +62,11 @@ def print_rows(rows: dict, diff: dict, title: str | None = None) -> None:
 
 def workload_flags(workload: dict, tokenizer: str | None) -> list:
     """CLI workload flags that rebuild the WorkloadConfig a real run recorded (run.json params)."""
-    flags = ["--dataset", workload["dataset"], "-n", workload["num_requests"], "--arrival", workload["arrival"],
-             "--rate", workload["rate"], "--cv", workload["cv"], "--seed", workload["seed"],
+    flags = ["--dataset", workload["dataset"], "--cv", workload["cv"], "--seed", workload["seed"],
              "--time-scale", workload["time_scale"]]
+    for name, flag in (("num_requests", "-n"), ("arrival", "--arrival"), ("rate", "--rate")):
+        if workload.get(name) is not None:  # None: the dataset's default (a trace: whole, on its timestamps)
+            flags += [flag, workload[name]]
     for name in ("min_prompt_tokens", "max_prompt_tokens", "min_output_tokens", "max_output_tokens", "max_total_tokens"):
         flags += ["--" + name.replace("_", "-"), workload[name]]
     if workload["dataset"] == "synthetic":
