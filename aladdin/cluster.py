@@ -50,6 +50,7 @@ class ClusterConfig:
     served_model_name: str = "tiny"
     startup_timeout_s: float = 300.0
     extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # extra environment of every worker (VLLM_PLUGINS, say)
     python: str = sys.executable  # the interpreter whose vLLM runs the workers (another environment's, say)
 
     def validate(self) -> None:
@@ -177,6 +178,7 @@ class LocalCluster:
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.config.env)
         return env
 
     def start(self) -> list[Worker]:
@@ -321,3 +323,77 @@ def stop_from_state(state_dir: Path) -> list[Worker]:
     stop_process_groups([w.pid for w in workers])
     (state_dir / "state.json").unlink(missing_ok=True)
     return workers
+
+
+# vLLM's and the engine plugin's counters a run reports (a stock server lacks the aladdin ones: 0)
+SERVER_COUNTERS = {"preemptions": "vllm:num_preemptions_total", "rejected": "aladdin:rejected_total",
+                   "handed_back": "aladdin:handed_back_total"}
+
+
+def server_counters(url: str, timeout_s: float = 30.0) -> dict[str, float]:
+    """One server's SERVER_COUNTERS now, from its Prometheus ``/metrics``."""
+    from aladdin.plugin.router.workers import metric_sum, parse_metrics
+
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=timeout_s) as resp:
+            samples = parse_metrics(resp.read().decode())
+    except (urllib.error.URLError, OSError) as exc:
+        raise AladdinError(f"cannot read {url}/metrics: {exc}") from None
+    return {key: metric_sum(samples, name) or 0.0 for key, name in SERVER_COUNTERS.items()}
+
+
+class LocalRouter:
+    """``aladdin router`` as a child process in front of local workers, as a user runs it.
+
+    ``args``: further router flags. A context manager: started, with every worker up, on entry, stopped
+    (SIGINT, then SIGKILL) on exit; its log is ``log_path``.
+    """
+
+    def __init__(self, workers: list[str], port: int, log_path: Path, args: tuple[str, ...] = (),
+                 python: str = sys.executable, startup_timeout_s: float = 120.0):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = Path(log_path)
+        self.command = [python, "-m", "aladdin", "router", "--port", str(port),
+                        *[arg for url in workers for arg in ("--worker", url)], *args]
+        self.startup_timeout_s = startup_timeout_s
+        self.worker_count = len(workers)
+        self._proc: subprocess.Popen | None = None
+
+    def _all_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2.0) as resp:
+                return len(json.loads(resp.read()).get("workers_up", ())) == self.worker_count
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self._all_up():
+            if self._proc.poll() is not None:
+                raise AladdinError(f"the router exited with code {self._proc.returncode} during start; "
+                                   f"last lines of {self.log_path}:\n" + log_tail(self.log_path))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AladdinError(f"the router did not see all {self.worker_count} workers up after "
+                                   f"{self.startup_timeout_s:.0f}s; see {self.log_path}")
+            time.sleep(0.2)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGINT)
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __enter__(self) -> "LocalRouter":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -31,16 +31,10 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 RUNS = ("stock", "queued_tokens", "reserve_full_isl", "watermark", "plugin")
-PLUGIN_CLASS = "aladdin.plugin.vllm.scheduler.AladdinScheduler"
-FRONT_DOOR = "aladdin.plugin.vllm.middleware.FrontDoor"
-PLUGINS_ENV = "aladdin,aladdin_state"
 WATERMARK = 0.1
-COUNTERS = {"preemptions": "vllm:num_preemptions_total", "rejected": "aladdin:rejected_total",
-            "handed_back": "aladdin:handed_back_total"}
 LATENCIES = [f"{m}_{p}_ms" for m in ("ttft", "atgt") for p in ("p50", "p99")]
 
 
@@ -48,14 +42,6 @@ def aladdin(*args) -> None:
     proc = subprocess.run([sys.executable, "-m", "aladdin", *map(str, args)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"aladdin {args[0]} failed:\n{proc.stderr[-3000:]}")
-
-
-def scrape(url: str) -> dict[str, float]:
-    """The counters of one server (missing series count 0: stock vLLM has no aladdin ones)."""
-    from aladdin.plugin.router.workers import metric_sum, parse_metrics
-
-    samples = parse_metrics(urllib.request.urlopen(url + "/metrics", timeout=30).read().decode())
-    return {key: metric_sum(samples, name) or 0.0 for key, name in COUNTERS.items()}
 
 
 def queued_tokens_limit(perf, ttft_slo: float, prompt_tokens: int) -> int:
@@ -66,15 +52,14 @@ def queued_tokens_limit(perf, ttft_slo: float, prompt_tokens: int) -> int:
 
 
 def run_flags(args, perf, median_prompt: int) -> dict[str, list[str]]:
-    plugin_config = {"aladdin": {"profile": str(Path(args.profile).resolve()), "ttft_slo": args.ttft_slo,
-                                 "atgt_slo": args.atgt_slo}}
+    from aladdin.plugin.vllm.launch import plugin_flags
+
     return {
         "stock": [],
         "queued_tokens": ["--max-num-queued-tokens", str(queued_tokens_limit(perf, args.ttft_slo, median_prompt))],
         "reserve_full_isl": ["--scheduler-reserve-full-isl"],
         "watermark": ["--watermark", str(WATERMARK)],
-        "plugin": ["--scheduler-cls", PLUGIN_CLASS, "--middleware", FRONT_DOOR,
-                   "--additional-config", json.dumps(plugin_config)],
+        "plugin": plugin_flags(args.profile, args.ttft_slo, args.atgt_slo),
     }
 
 
@@ -95,7 +80,8 @@ def median_prompt_tokens(args) -> int:
 
 def run_local(args, perf, root: Path) -> dict[str, list[str]]:
     """Start one CPU worker per run, replay, read its counters, stop it."""
-    from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
+    from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block, server_counters
+    from aladdin.plugin.vllm.launch import PLUGIN_ENVIRONMENT
 
     flags = run_flags(args, perf, median_prompt_tokens(args))
     for name in args.only or RUNS:
@@ -103,19 +89,12 @@ def run_local(args, perf, root: Path) -> dict[str, list[str]]:
         config = ClusterConfig(workers=1, kv_tokens=args.kv_tokens, max_model_len=args.max_model_len,
                                max_num_seqs=perf.max_num_seqs, max_num_batched_tokens=perf.max_batched_tokens,
                                base_port=free_port_block(1), state_dir=root / f"{name}-cluster",
-                               extra_args=tuple(flags[name]))
-        old = os.environ.get("VLLM_PLUGINS")
-        os.environ["VLLM_PLUGINS"] = PLUGINS_ENV  # every run: only --scheduler-cls turns the plugin on
-        try:
-            with LocalCluster(config) as cluster:
-                aladdin("replay", "--host", cluster.urls[0], *workload_flags(args), "--output", root / name,
-                        "--label", name)
-                (root / name / "counters.json").write_text(json.dumps(scrape(cluster.urls[0])) + "\n")
-        finally:
-            if old is None:
-                os.environ.pop("VLLM_PLUGINS", None)
-            else:
-                os.environ["VLLM_PLUGINS"] = old
+                               extra_args=tuple(flags[name]),
+                               env=PLUGIN_ENVIRONMENT)  # every run: only --scheduler-cls turns the plugin on
+        with LocalCluster(config) as cluster:
+            aladdin("replay", "--host", cluster.urls[0], *workload_flags(args), "--output", root / name,
+                    "--label", name)
+            (root / name / "counters.json").write_text(json.dumps(server_counters(cluster.urls[0])) + "\n")
     return flags
 
 

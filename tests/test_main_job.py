@@ -41,11 +41,21 @@ def test_analyze_a_real_replay(vllm_server, tmp_path, chromium):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
+    """The README's main command, shortened: plugin workers under two router policies, then stock."""
     out = tmp_path / "demo"
-    proc = aladdin("demo", "-n", "10", "--rate", "4", "--max-output-tokens", "48", "--base-port",
-                   free_port_block(1), "--output", out)
+    proc = aladdin("demo", "-n", "8", "--rate", "4", "--max-output-tokens", "32", "--base-port",
+                   free_port_block(3), "--output", out, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert "attained" in proc.stdout and lines[-1].startswith("demo")  # it ends with the SLO table
-    assert (out / "report.html").exists() and (out / "analysis.json").exists()
-    assert not (out / "cluster" / "state.json").exists()  # the worker was stopped
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
+    assert {"aladdin", "jsq", "stock-rr"} <= set(rows) and "preemptions" in rows["run"]
+    assert all(rows[run][1] == "8" for run in ("aladdin", "jsq", "stock-rr"))  # every request, every run
+    document = json.loads((out / "analysis.json").read_text())
+    assert [run["label"] for run in document["runs"]] == ["aladdin", "jsq", "stock-rr"]
+    assert all(run["preemptions"]["count"] is not None for run in document["runs"])  # the workers' counters
+    assert (out / "report.html").exists()
+    for run in ("aladdin", "jsq"):  # placed by the router, on plugin workers
+        workers = {json.loads(line).get("worker") for line in (out / run / "requests.jsonl").read_text().splitlines()}
+        assert workers and None not in workers
+    for cluster in ("cluster-plugin", "cluster-stock"):
+        assert not (out / cluster / "state.json").exists()  # the workers were stopped
+        assert (out / cluster / "worker0.log").exists()

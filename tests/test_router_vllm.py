@@ -26,12 +26,11 @@ from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
 from aladdin.plugin.router.app import Router
 from aladdin.plugin.router.config import RouterConfig, Timeouts
 from aladdin.plugin.router.inputs import HFTokenizer
+from aladdin.plugin.vllm.launch import VLLM_PLUGINS, plugin_flags
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
 
-PLUGIN_FLAGS = ("--scheduler-cls", "aladdin.plugin.vllm.scheduler.AladdinScheduler",
-                "--middleware", "aladdin.plugin.vllm.middleware.FrontDoor")
-PLUGINS_ENV = "VLLM_PLUGINS=aladdin,aladdin_state"
+PLUGIN_FLAGS = tuple(plugin_flags())
 PLUGIN_BLOCKS = 65  # 64 usable blocks of 32 tokens: 2048 KV tokens, one max-length request
 MODEL = "tiny"
 
@@ -45,7 +44,7 @@ class MixedCluster(LocalCluster):
             return ["env", "-u", "VLLM_PLUGINS", *command]
         blocks = command.index("--num-gpu-blocks-override") + 1
         command[blocks] = str(PLUGIN_BLOCKS)
-        return ["env", PLUGINS_ENV, *command, *PLUGIN_FLAGS]
+        return ["env", f"VLLM_PLUGINS={VLLM_PLUGINS}", *command, *PLUGIN_FLAGS]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ request, the model's length) on the same requests."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -16,27 +15,18 @@ import pytest
 
 from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
 from aladdin.plugin.router.workers import metric_sum, parse_metrics
+from aladdin.plugin.vllm.launch import PLUGIN_ENVIRONMENT, plugin_flags
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-PLUGIN_FLAGS = ("--scheduler-cls", "aladdin.plugin.vllm.scheduler.AladdinScheduler",
-                "--middleware", "aladdin.plugin.vllm.middleware.FrontDoor")
-PLUGINS_ENV = "aladdin,aladdin_state"  # VLLM_PLUGINS: the engine hook and GET /aladdin/state
+PLUGIN_FLAGS = tuple(plugin_flags())
 
 
 def start(tmp_path_factory, model_dir, extra_args: tuple[str, ...]):
     config = ClusterConfig(workers=1, kv_tokens=2080, max_model_len=2048, base_port=free_port_block(1),
-                           model_dir=model_dir, state_dir=tmp_path_factory.mktemp("cluster"), extra_args=extra_args)
-    old = os.environ.get("VLLM_PLUGINS")
-    os.environ["VLLM_PLUGINS"] = PLUGINS_ENV
-    try:
-        cluster = LocalCluster(config).__enter__()
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_PLUGINS")
-        else:
-            os.environ["VLLM_PLUGINS"] = old
-    return cluster
+                           model_dir=model_dir, state_dir=tmp_path_factory.mktemp("cluster"), extra_args=extra_args,
+                           env=PLUGIN_ENVIRONMENT)  # inert without --scheduler-cls: the stock servers too
+    return LocalCluster(config).__enter__()
 
 
 @pytest.fixture(scope="module")
