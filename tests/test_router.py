@@ -37,8 +37,8 @@ def free_port() -> int:
 class FakeWorker:
     """A vLLM stand-in: ``behaviors`` are taken one per completion request (then ``ok``):
     ok, handback, busy (plain 503), die (connection dropped before any byte), cut (two events,
-    then the connection dropped), hang (never answers), slow (an event every 20 ms, for long),
-    error400."""
+    then the connection dropped), stall (two events, then silence with the connection open),
+    hang (never answers), slow (an event every 20 ms, for long), error400."""
 
     port: int = field(default_factory=free_port)
     behaviors: list[str] = field(default_factory=list)
@@ -49,6 +49,7 @@ class FakeWorker:
     plugin_state: bool = False
     received: list[dict] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)
+    peers: set = field(default_factory=set)  # client ports the completions came from
     aborted: list[str] = field(default_factory=list)
     running: dict[str, int] = field(default_factory=dict)  # X-Request-Id -> tokens sent
     served: asyncio.Event | None = None
@@ -111,6 +112,7 @@ class FakeWorker:
     async def complete(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         rid = request.headers.get("X-Request-Id", "")
+        self.peers.add((request.transport.get_extra_info("peername") or ("", 0))[1])
         self.received.append(body)
         self.request_ids.append(rid)
         behavior = self.behaviors.pop(0) if self.behaviors else "ok"
@@ -145,6 +147,8 @@ class FakeWorker:
             for i in range(count):
                 if behavior == "cut" and i == 2:
                     request.transport.close()
+                    await asyncio.sleep(3600)
+                if behavior == "stall" and i == 2:
                     await asyncio.sleep(3600)
                 await response.write(b"data: " + json.dumps(self._chunk(chat, i, count)).encode() + b"\n\n")
                 self.running[rid] = i + 1
@@ -353,6 +357,42 @@ def test_a_stream_cut_mid_way_ends_with_an_error_event():
             assert "incomplete" in got[-2]["error"]["message"]
             assert router.metrics.requests.value("cut") == 1
             await settled(router)
+
+    run(main())
+
+
+def test_a_stream_that_stalls_mid_way_ends_after_the_read_timeout():
+    async def main():
+        worker = FakeWorker(behaviors=["stall"])
+        timeouts = Timeouts(queue=5.0, first_token=5.0, read=0.3, request=5.0, health=1.0)
+        async with router_for([worker], timeouts=timeouts) as router:
+            started = asyncio.get_running_loop().time()
+            status, _, raw = await post(router, {"model": MODEL, "prompt": "x", "max_tokens": 6, "stream": True})
+            waited = asyncio.get_running_loop().time() - started
+            assert status == 200 and 0.3 <= waited < 2.0
+            got = events(raw)
+            assert text_of(raw) == " t0 t1" and "no data from worker" in got[-2]["error"]["message"]
+            assert router.metrics.requests.value("cut") == 1
+            # a stream sending on time is not cut by a read timeout shorter than the whole stream
+            status, _, raw = await post(router, {"model": MODEL, "prompt": "x", "max_tokens": 4, "stream": True})
+            assert status == 200 and text_of(raw) == " t0 t1 t2 t3"
+            await settled(router)
+
+    run(main())
+
+
+def test_streams_that_end_cleanly_reuse_the_upstream_connection():
+    async def main():
+        worker = FakeWorker()
+        async with router_for([worker]) as router:
+            for _ in range(5):
+                status, _, raw = await post(router, {"model": MODEL, "prompt": "x", "max_tokens": 3, "stream": True})
+                assert status == 200 and text_of(raw) == " t0 t1 t2"
+                await asyncio.sleep(0.02)
+            await settled(router)
+            # kept-alive connections carried them (health and state polls borrow from the same
+            # pool, so at most a few distinct ones); a stream closed after [DONE] would take five
+            assert len(worker.peers) <= 3, worker.peers
 
     run(main())
 

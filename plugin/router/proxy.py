@@ -26,6 +26,7 @@ from aladdin.plugin.vllm.config import ATGT_KEY, PREDICTED_KEY, TTFT_KEY
 OUTCOME_HEADER = "X-Aladdin-Outcome"
 WORKER_HEADER = "X-Aladdin-Worker"
 MIN_TTFT_BUDGET_S = 0.001
+LAZY_TIMEOUT = hasattr(asyncio.Task, "uncancel")  # Python 3.11+; else asyncio.wait_for per read
 
 
 class Retry(Exception):
@@ -57,31 +58,122 @@ class Upstream:
 
     def close(self) -> None:
         """Drop the connection (not back to the pool): vLLM sees the client gone and aborts."""
+        if self.reader is not None:
+            self.reader.stop()
         if self.response is not None:
             self.response.close()
 
+    def release(self) -> None:
+        """The body was read to its end: the connection goes back to the pool."""
+        if self.reader is not None:
+            self.reader.stop()
+        if self.response is not None:
+            self.response.release()
+
 
 class EventReader:
-    """Server-sent events from a response, one at a time (``None`` at the end of the stream)."""
+    """Server-sent events from a response, one at a time (``None`` at the end of the stream);
+    ``ready()`` takes the further events already received, without waiting."""
 
     def __init__(self, response: aiohttp.ClientResponse):
         self.response = response
         self.buffer = b""
         self.partial = False  # the stream ended inside an event
+        # the read timeout, lazily: one timer per stream re-armed only when it fires early,
+        # instead of a timer made and cancelled for every event
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Task | None = None
+        self._expired = False
+
+    def _take(self) -> bytes | None:
+        """The next whole non-blank event in the buffer, if any."""
+        while True:
+            end = self.buffer.find(b"\n\n")
+            if end < 0:
+                return None
+            event, self.buffer = self.buffer[:end], self.buffer[end + 2:]
+            if event.strip():
+                return event
 
     async def next(self, timeout: float) -> bytes | None:
         while True:
-            end = self.buffer.find(b"\n\n")
-            if end >= 0:
-                event, self.buffer = self.buffer[:end], self.buffer[end + 2:]
-                if event.strip():
-                    return event
-                continue
-            chunk = await asyncio.wait_for(self.response.content.readany(), timeout)
+            event = self._take()
+            if event is not None:
+                return event
+            chunk = await self._read(timeout)
             if not chunk:
                 self.partial = bool(self.buffer.strip())
                 return None
             self.buffer += chunk
+
+    async def _read(self, timeout: float) -> bytes:
+        """The next data received; asyncio.TimeoutError after ``timeout`` seconds without any."""
+        if not LAZY_TIMEOUT:
+            return await asyncio.wait_for(self.response.content.readany(), timeout)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check)
+        task = asyncio.current_task()
+        self._waiter = task
+        try:
+            return await self.response.content.readany()
+        except asyncio.CancelledError:
+            if self._expired:
+                self._expired = False
+                if task is not None and task.uncancel() == 0:  # our cancel, and no one else's
+                    raise asyncio.TimeoutError from None
+            raise
+        finally:
+            self._waiter = None
+
+    def _check(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None:
+            return  # not reading now: the next read arms it again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # data came since it was armed: wait the rest
+            self._timer = loop.call_at(self._deadline, self._check)
+            return
+        self._expired = True
+        waiter.cancel()
+
+    def stop(self) -> None:
+        """Done reading: drop the timer (it would keep this reader alive until it fires)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def ready(self) -> list[bytes]:
+        """Whole events already buffered (received in the same reads), in order."""
+        events = []
+        while (event := self._take()) is not None:
+            events.append(event)
+        return events
+
+    def at_end(self) -> bool:
+        """The whole body was read and nothing is left over: the connection can be reused."""
+        return self.response.content.at_eof() and not self.buffer.strip()
+
+    async def finish(self, timeout: float, limit: int = 1 << 16) -> bool:
+        """After the stream's last event: read to the end of the body (at most ``limit`` more
+        bytes, within ``timeout``) so that the connection can go back to the pool; False if it
+        did not end cleanly (then the caller closes it)."""
+        content = self.response.content
+        extra = len(self.buffer)
+        try:
+            while not content.at_eof():
+                chunk = await self._read(timeout)
+                extra += len(chunk)
+                if not chunk or extra > limit:
+                    break
+        except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
+            return False
+        finally:
+            self.stop()
+        return extra <= limit and self.at_end()
 
 
 def upstream_body(parsed: ParsedRequest, ticket: Ticket, now: float) -> bytes:
@@ -130,7 +222,10 @@ async def start(session: aiohttp.ClientSession, url: str, parsed: ParsedRequest,
                 response.release()
                 return Upstream(response.status, content_type, body=data)
             reader = EventReader(response)
-            first = await reader.next(max(deadline - time.monotonic(), 0.001))
+            try:
+                first = await reader.next(max(deadline - time.monotonic(), 0.001))
+            finally:
+                reader.stop()  # the stream's reads (from here: the read timeout) arm it again
             if first is None:
                 raise Retry("failed", "the worker ended the stream before its first event", True)
             return Upstream(200, content_type, response=response, events=[first], reader=reader)
@@ -185,7 +280,7 @@ class StreamTracker:
             self.done = True
             return event
         try:
-            chunk = json.loads(data)
+            chunk = _decode(data.decode())  # UTF-8 (SSE's encoding); a bad byte is a ValueError too
         except ValueError:
             return event
         if not isinstance(chunk, dict):
@@ -202,6 +297,9 @@ class StreamTracker:
         if any(_has_content(choice) for choice in choices if isinstance(choice, dict)):
             self.generated += 1
         return event
+
+
+_decode = json.JSONDecoder().decode  # json.loads without its per-call encoding detection and wrapper
 
 
 def _has_content(choice: dict[str, Any]) -> bool:
