@@ -381,6 +381,11 @@ class LocalRouter:
                                    f"{self.startup_timeout_s:.0f}s; see {self.log_path}")
             time.sleep(0.2)
 
+    def metrics(self) -> str:
+        """The router's Prometheus exposition now."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10.0) as resp:
+            return resp.read().decode()
+
     def stop(self, timeout_s: float = 20.0) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return

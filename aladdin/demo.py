@@ -22,6 +22,7 @@ from aladdin.errors import AladdinError
 
 DEFAULT_POLICIES = ("aladdin", "jsq")
 STOCK_RUN = "stock-rr"  # stock vLLM workers, requests spread round robin (as an L4 balancer would)
+ROUTER_METRICS_FILE = "router_metrics.txt"
 CHECKOUT_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "cpu-tiny.json"
 
 
@@ -130,12 +131,14 @@ class _Workers:
 
 def _routed_run(urls: list[str], router_port: int, router_args: tuple[str, ...], replay, label: str,
                 log_dir: Path) -> Path:
-    """One replay through a fresh router; the workers' counters over the run go to counters.json."""
+    """One replay through a fresh router; the workers' counters over the run go to counters.json
+    and the router's final /metrics beside them."""
     from aladdin.cluster import LocalRouter, server_counters
 
     before = [server_counters(url) for url in urls]
     with LocalRouter(urls, router_port, log_dir / f"router-{label}.log", router_args) as router:
         run = replay(router.url, label)
+        (run / ROUTER_METRICS_FILE).write_text(router.metrics())  # decision latency, retries, 429s, ...
     after = [server_counters(url) for url in urls]
     counters = {key: sum(a[key] - b[key] for a, b in zip(after, before)) for key in after[0]}
     (run / "counters.json").write_text(json.dumps({k: round(v) for k, v in counters.items()}) + "\n")

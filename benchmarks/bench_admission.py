@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from aladdin.machine import cpu_description
 
 RUNS = ("stock", "queued_tokens", "reserve_full_isl", "watermark", "plugin")
 WATERMARK = 0.1
@@ -193,7 +194,7 @@ def main() -> None:
         name, _, reason = item.partition(":")
         rows[name] = {"skipped": reason}
     doc = {
-        "hardware": args.hardware or f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
+        "hardware": args.hardware or cpu_description(),
         "platform": platform.platform(),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "run_command": args.run_command,

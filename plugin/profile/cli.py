@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import secrets
 import shlex
 import sys
@@ -15,16 +14,7 @@ import click
 
 from aladdin.clicommand import group
 from aladdin.errors import AladdinError
-
-
-def _hardware() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()} ({__import__('os').cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"CPU: {platform.processor() or platform.machine()}"
+from aladdin.machine import cpu_description
 
 
 def _engine(host: str, model: str | None):
@@ -116,7 +106,7 @@ def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batche
     with _progress(steps, "profiling failed") as step:
         run = run_profile(engine, synthesize, plan, max_num_seqs, max_batched_tokens, step)
     meta = ProfileMeta(
-        model=engine.endpoint.model, hardware=hardware or _hardware(), gpus_per_worker=gpus_per_worker,
+        model=engine.endpoint.model, hardware=hardware or cpu_description(), gpus_per_worker=gpus_per_worker,
         vllm_version=engine.info.vllm_version, command="aladdin " + shlex.join(sys.argv[1:]),
     )
     save_profile(output, run.perf, meta, prefill_fit=run.prefill_fit, decode_fit=run.decode_fit, samples=run.samples)
