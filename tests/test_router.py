@@ -616,9 +616,17 @@ def test_config_refuses_bad_values():
     for bad in (replace(good, workers=()), replace(good, workers=("localhost:80",)),
                 replace(good, workers=("http://a:1", "http://a:1/")), replace(good, max_queue=-1),
                 replace(good, ttft_slo=0.0), replace(good, lost_ttft="drop"),
-                replace(good, timeouts=Timeouts(read=0.0))):
+                replace(good, timeouts=Timeouts(read=0.0)), replace(good, length_quantile=1.0)):
         with pytest.raises(AladdinError):
             bad.validate()
+
+
+def test_router_and_engine_plugin_reserve_the_same_quantile_by_default():
+    """The router forwards its prediction to the plugin, which reserves KV for it: a mean there
+    (the router's old default) under-reserved packed workers, and vLLM preempted."""
+    from aladdin.plugin.vllm.config import PluginConfig
+
+    assert RouterConfig(workers=("http://127.0.0.1:1",)).length_quantile == PluginConfig().length_quantile == 0.95
 
 
 def test_the_cli_command_is_registered_and_refuses_a_bad_policy():
@@ -649,5 +657,89 @@ def test_placer_re_predicts_an_overrun_within_max_tokens_and_learns_at_finish():
         placer.finish(ticket, 30)
         assert not placer.scheduler.requests and placer.metrics.actual_tokens.value() == 30
         assert placer.metrics.length_error.count() == 1
+
+    run(main())
+
+
+class _Chunks:
+    """A stand-in for an aiohttp response: its body arrives in the given reads."""
+
+    def __init__(self, reads: list[bytes]):
+        self.content = self
+        self.reads = list(reads)
+
+    async def readany(self) -> bytes:
+        return self.reads.pop(0) if self.reads else b""
+
+    def at_eof(self) -> bool:
+        return not self.reads
+
+
+def _sse(*chunks) -> bytes:
+    return b"".join(b"data: " + (c if isinstance(c, bytes) else json.dumps(c, separators=(",", ":")).encode())
+                    + b"\n\n" for c in chunks)
+
+
+def _reference(body: bytes, wants_usage: bool) -> tuple[bytes, StreamTracker]:
+    """Event by event through ``feed``, as the router forwarded streams before it read bytes."""
+    tracker = StreamTracker(wants_usage)
+    out = []
+    for event in body.split(b"\n\n")[:-1]:  # the last piece: no event (or an unfinished one)
+        if event.strip():
+            kept = tracker.feed(event)
+            if kept is not None:
+                out.append(kept + b"\n\n")
+            if tracker.done:
+                break
+    return b"".join(out), tracker
+
+
+def test_streams_forwarded_by_reads_equal_event_by_event_forwarding():
+    import random
+
+    from aladdin.plugin.router.proxy import EventReader
+
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    text = [{"id": "c", "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": None}]}
+            for t in (" a", " b", " c", "")]
+    chat = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+            *({"choices": [{"index": 0, "delta": {"content": t}}]} for t in (" a", " b", " c")),
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    continuous = [{**c, "usage": {**usage, "completion_tokens": i + 1}} for i, c in enumerate(text)]
+    final = {"choices": [], "usage": usage}
+    streams = {
+        "text": _sse(*text, final, b"[DONE]"),
+        "chat": _sse(*chat, final, b"[DONE]"),
+        "continuous": _sse(*continuous, final, b"[DONE]"),
+        "odd": b": ping\n\n\n\n" + _sse(*text[:2]) + b"\n\n \n\n\n" + _sse(text[2], b"not json", final, b"[DONE]")
+               + _sse(text[3]),
+        "error": _sse(*text[:2], {"error": {"message": "boom", "code": 500}}, b"[DONE]"),
+        "cut": _sse(*text[:3]) + b'data: {"choices": [{"te',
+    }
+    rng = random.Random(0)
+
+    async def through_reader(body: bytes, cuts: list[int], wants_usage: bool) -> tuple[bytes, StreamTracker]:
+        reads = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)]) if b > a]
+        reader, tracker, out = EventReader(_Chunks(reads)), StreamTracker(wants_usage), []  # type: ignore[arg-type]
+        try:
+            while not tracker.done and (events := await reader.next(5.0)) is not None:
+                out.append(tracker.forward(events))
+        finally:
+            reader.stop()
+        return b"".join(out), tracker
+
+    async def main():
+        for name, body in streams.items():
+            for wants_usage in (False, True):
+                want, ref = _reference(body, wants_usage)
+                for trial in range(60):
+                    cuts = sorted(rng.sample(range(1, len(body)), min(trial % 12, len(body) - 1)))
+                    got, tracker = await through_reader(body, cuts, wants_usage)
+                    assert got == want, (name, wants_usage, cuts)
+                    assert (tracker.done, tracker.error) == (ref.done, ref.error), name
+                    if ref.usage_tokens is not None:
+                        assert tracker.output_tokens == ref.output_tokens == 4, name
+                    if name in ("text", "chat"):  # progress: about the events with text (the count is the usage's)
+                        assert 3 == ref.generated <= tracker.generated <= 4, (name, cuts)
 
     run(main())

@@ -22,6 +22,10 @@ from numpy.typing import ArrayLike
 
 from aladdin.plugin.core import kernels
 
+# What live schedulers (the router, the engine plugin) reserve by default: a quantile, not the
+# mean, because a KV reservation that falls short becomes a preemption once the cache is full.
+RESERVATION_QUANTILE = 0.95
+
 
 @dataclass(frozen=True)
 class PredictorConfig:

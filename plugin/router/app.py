@@ -94,7 +94,7 @@ class Router:
         limit = self.context_limit(None)
         self.placer = await loop.run_in_executor(None, lambda: Placer(
             models, spec, self.metrics, max_queue=self.config.max_queue, lost_ttft=self.config.lost_ttft,
-            queue_order=self.config.queue_order, max_output_tokens=limit))
+            queue_order=self.config.queue_order, max_output_tokens=limit, length_quantile=self.config.length_quantile))
         for endpoint in self.workers.endpoints.values():
             self.placer.set_up(endpoint.id, endpoint.up)
         self.metrics.start_series(list(self.workers.endpoints))
@@ -399,40 +399,35 @@ class Router:
         tracker = proxy.StreamTracker(parsed.wants_usage)
         reader = upstream.reader
         reported = 0
+        report_at = 0.0  # progress goes to the core at once the first time, then at most once a tick
         finished = False
         try:
             await response.prepare(request)
-            pending = [*upstream.events, *reader.ready()]
+            events = upstream.head
             cut: str | None = None
             while True:
-                # every event already received goes out in one write (one send, not one per event)
-                out = []
-                for event in pending:
-                    forward = tracker.feed(event)
-                    if forward is not None:
-                        out.append(forward)
-                        out.append(b"\n\n")
-                    if tracker.done:
-                        break  # nothing after [DONE] is forwarded
+                out = tracker.forward(events)  # every event of one read goes out in one write
                 if tracker.generated != reported:
-                    reported = tracker.generated
-                    placer.tokens(ticket, reported)
+                    now = time.monotonic()
+                    if now >= report_at:
+                        reported = tracker.generated
+                        report_at = now + self.config.tick_s
+                        placer.tokens(ticket, reported)
                 if out:
-                    await response.write(b"".join(out))
+                    await response.write(out)
                 if tracker.done:
                     break
                 try:
-                    event = await reader.next(self.config.timeouts.read)
+                    events = await reader.next(self.config.timeouts.read)
                 except asyncio.TimeoutError:
                     cut = f"no data from worker {endpoint.id} for {self.config.timeouts.read:g} s"
                     break
                 except (aiohttp.ClientError, ConnectionError) as exc:
                     cut = f"worker {endpoint.id} failed mid-stream: {type(exc).__name__}"
                     break
-                if event is None:
+                if events is None:
                     cut = f"worker {endpoint.id} closed the stream before its end"
                     break
-                pending = [event, *reader.ready()]
             if cut is not None:
                 self.metrics.requests.inc("cut")
                 await response.write(proxy.error_event(f"aladdin router: {cut}; the response is incomplete") + b"\n\n")

@@ -8,6 +8,7 @@ import math
 import click
 
 from aladdin.clicommand import command
+from aladdin.errors import AladdinError
 
 
 @command("router")
@@ -18,6 +19,9 @@ from aladdin.clicommand import command
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The workers' profile JSON (time models); without it the ATGT and TTFT filters are inert.")
 @click.option("--headroom", type=float, default=None, help="Share of KV and ATGT budgets kept free (SLO policies).")
+@click.option("--length-quantile", default=None, metavar="Q|mean",
+              help="Output lengths are predicted as this quantile of past ones, or 'mean' (the paper's choice). "
+                   "Default: the engine plugin's, 0.95 (a KV reservation that falls short becomes a preemption).")
 @click.option("--ttft-slo", type=float, default=math.inf, help="Default TTFT SLO, seconds (headers override).")
 @click.option("--atgt-slo", type=float, default=math.inf, help="Default ATGT SLO, seconds per token.")
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False), default=None,
@@ -48,7 +52,7 @@ from aladdin.clicommand import command
 @click.option("--scale-interval", type=float, default=60.0, show_default=True,
               help="Seconds per heartbeat of the desired-workers rule.")
 @click.option("--min-workers", type=int, default=1, show_default=True)
-def router(workers, policy, profile, headroom, ttft_slo, atgt_slo, tokenizer_dir, host, port, max_queue, max_attempts,
+def router(workers, policy, profile, headroom, length_quantile, ttft_slo, atgt_slo, tokenizer_dir, host, port, max_queue, max_attempts,
            lost_ttft, queue_order, api_key, worker_api_key, max_body_bytes, queue_timeout, first_token_timeout,
            read_timeout, request_timeout, health_interval, worker_rate, scale_interval, min_workers) -> None:
     """Serve an OpenAI-compatible router that places requests on the workers with the scheduler core."""
@@ -57,6 +61,7 @@ def router(workers, policy, profile, headroom, ttft_slo, atgt_slo, tokenizer_dir
     from aladdin.plugin.router.config import RouterConfig, ScalingConfig, Timeouts
 
     parse_policy(policy, headroom)  # a bad policy fails here, before any start-up
+    quantile = {} if length_quantile is None else {"length_quantile": _quantile(length_quantile)}
     config = RouterConfig(
         workers=tuple(workers), policy=policy, profile=profile, headroom=headroom, ttft_slo=ttft_slo, atgt_slo=atgt_slo,
         host=host, port=port, max_queue=max_queue, max_attempts=max_attempts, lost_ttft=lost_ttft,
@@ -65,6 +70,7 @@ def router(workers, policy, profile, headroom, ttft_slo, atgt_slo, tokenizer_dir
         timeouts=Timeouts(first_token=first_token_timeout, read=read_timeout, request=request_timeout,
                           queue=queue_timeout),
         scaling=ScalingConfig(worker_rate=worker_rate, interval_s=scale_interval, min_workers=min_workers),
+        **quantile
     )
     config.validate()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -72,3 +78,12 @@ def router(workers, policy, profile, headroom, ttft_slo, atgt_slo, tokenizer_dir
         click.echo(f"warning: binding {host} without --api-key: anyone who reaches it can use the workers", err=True)
     click.echo(f"aladdin router on http://{host}:{port} -> {', '.join(workers)} (policy {policy})", err=True)
     run(config, tokenizer_dir)
+
+
+def _quantile(text: str) -> float | None:
+    if text == "mean":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise AladdinError(f"--length-quantile must be a number in (0, 1) or 'mean', got {text!r}") from None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aladdin.errors import AladdinError
+from aladdin.plugin.core.predictor import RESERVATION_QUANTILE
 
 LOST_TTFT_RULES = ("shed", "best-effort")
 
@@ -77,6 +78,7 @@ class RouterConfig:
     policy: str = "aladdin"
     profile: str | None = None
     headroom: float | None = None  # of the policy's KV and ATGT filters
+    length_quantile: float | None = RESERVATION_QUANTILE  # of past output lengths predicted; None: the mean
     ttft_slo: float = math.inf
     atgt_slo: float = math.inf
     host: str = "127.0.0.1"
@@ -110,6 +112,8 @@ class RouterConfig:
         for name in ("ttft_slo", "atgt_slo"):
             if not getattr(self, name) > 0:
                 raise AladdinError(f"--{name.replace('_', '-')} must be > 0 seconds, got {getattr(self, name)}")
+        if self.length_quantile is not None and not 0.0 < self.length_quantile < 1.0:
+            raise AladdinError(f"--length-quantile must be in (0, 1) or 'mean', got {self.length_quantile}")
         if self.max_queue < 0 or self.max_attempts < 1 or self.unhealthy_after < 1:
             raise AladdinError("--max-queue must be >= 0, --max-attempts >= 1 and unhealthy-after >= 1")
         if self.lost_ttft not in LOST_TTFT_RULES:

@@ -82,13 +82,14 @@ class Placer:
 
     def __init__(self, workers: Sequence[tuple[str, PerfModel]], spec: PolicySpec, metrics: RouterMetrics, *,
                  max_queue: int, lost_ttft: str = "shed", queue_order: str = "fcfs",
-                 clock: Callable[[], float] = time.monotonic, max_output_tokens: int | None = None):
+                 clock: Callable[[], float] = time.monotonic, max_output_tokens: int | None = None,
+                 length_quantile: float | None = None):
         built = spec.build()
         self.available = Available(len(workers))
         pipeline = Pipeline(built.name, [self.available, *built.filters], built.scorers, built.picker,
                             built.uses_predictions)
         self.scheduler = Scheduler(
-            workers, pipeline, LengthPredictor(PredictorConfig(max_output_tokens=max_output_tokens)),
+            workers, pipeline, LengthPredictor(PredictorConfig(quantile=length_quantile, max_output_tokens=max_output_tokens)),
             SchedulerConfig(queue=queue_order, lost_ttft=lost_ttft, frontend_paid=False),
         )
         self.spec = spec

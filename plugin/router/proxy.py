@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -47,13 +48,14 @@ class UpstreamTimeout(Exception):
 
 @dataclass
 class Upstream:
-    """A worker's answer so far: a whole body, or a stream's head and its first events."""
+    """A worker's answer so far: a whole body, or a stream's head and its first events (``head``:
+    the whole events received by then)."""
 
     status: int
     content_type: str
     body: bytes | None = None
     response: aiohttp.ClientResponse | None = None
-    events: list[bytes] = field(default_factory=list)
+    head: bytes = b""
     reader: EventReader | None = None
 
     def close(self) -> None:
@@ -72,40 +74,31 @@ class Upstream:
 
 
 class EventReader:
-    """Server-sent events from a response, one at a time (``None`` at the end of the stream);
-    ``ready()`` takes the further events already received, without waiting."""
+    """Server-sent events from a response, as they are received: ``next()`` gives the whole events
+    of the next read at once (bytes, each event ending with its blank line; ``None`` at the end of
+    the stream). The start of an event split across reads waits in ``buffer`` for its end."""
 
     def __init__(self, response: aiohttp.ClientResponse):
         self.response = response
         self.buffer = b""
-        self.partial = False  # the stream ended inside an event
         # the read timeout, lazily: one timer per stream re-armed only when it fires early,
-        # instead of a timer made and cancelled for every event
+        # instead of a timer made and cancelled for every read
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Task | None = None
         self._expired = False
 
-    def _take(self) -> bytes | None:
-        """The next whole non-blank event in the buffer, if any."""
-        while True:
-            end = self.buffer.find(b"\n\n")
-            if end < 0:
-                return None
-            event, self.buffer = self.buffer[:end], self.buffer[end + 2:]
-            if event.strip():
-                return event
-
     async def next(self, timeout: float) -> bytes | None:
         while True:
-            event = self._take()
-            if event is not None:
-                return event
             chunk = await self._read(timeout)
             if not chunk:
-                self.partial = bool(self.buffer.strip())
                 return None
-            self.buffer += chunk
+            if self.buffer:
+                chunk = self.buffer + chunk
+            end = _events_end(chunk)
+            self.buffer = chunk[end:]
+            if end:
+                return chunk[:end]
 
     async def _read(self, timeout: float) -> bytes:
         """The next data received; asyncio.TimeoutError after ``timeout`` seconds without any."""
@@ -146,13 +139,6 @@ class EventReader:
             self._timer.cancel()
             self._timer = None
 
-    def ready(self) -> list[bytes]:
-        """Whole events already buffered (received in the same reads), in order."""
-        events = []
-        while (event := self._take()) is not None:
-            events.append(event)
-        return events
-
     def at_end(self) -> bool:
         """The whole body was read and nothing is left over: the connection can be reused."""
         return self.response.content.at_eof() and not self.buffer.strip()
@@ -174,6 +160,18 @@ class EventReader:
         finally:
             self.stop()
         return extra <= limit and self.at_end()
+
+
+def _events_end(data: bytes) -> int:
+    """The end of the whole events that ``data`` (which starts an event) begins with: just past
+    the blank line of the last one, cut where splitting on ``\\n\\n`` from the start cuts (0: none)."""
+    end = data.rfind(b"\n\n")
+    if end < 0:
+        return 0
+    start = end
+    while start and data[start - 1] == 10:  # a run of newlines pairs up from its start
+        start -= 1
+    return start + (end + 2 - start) // 2 * 2
 
 
 def upstream_body(parsed: ParsedRequest, ticket: Ticket, now: float) -> bytes:
@@ -222,13 +220,16 @@ async def start(session: aiohttp.ClientSession, url: str, parsed: ParsedRequest,
                 response.release()
                 return Upstream(response.status, content_type, body=data)
             reader = EventReader(response)
+            head = b""
             try:
-                first = await reader.next(max(deadline - time.monotonic(), 0.001))
+                while not head.strip():  # blank events do not count as the first
+                    events = await reader.next(max(deadline - time.monotonic(), 0.001))
+                    if events is None:
+                        raise Retry("failed", "the worker ended the stream before its first event", True)
+                    head += events
             finally:
                 reader.stop()  # the stream's reads (from here: the read timeout) arm it again
-            if first is None:
-                raise Retry("failed", "the worker ended the stream before its first event", True)
-            return Upstream(200, content_type, response=response, events=[first], reader=reader)
+            return Upstream(200, content_type, response=response, head=head, reader=reader)
         except aiohttp.ServerTimeoutError as exc:  # only the connect timeout is set on the session call
             raise Retry("failed", f"worker unreachable: connect timeout ({exc})", True) from None
         except asyncio.TimeoutError:
@@ -257,8 +258,15 @@ def _message(text: str) -> str:
 
 
 class StreamTracker:
-    """Follows a stream for the core: tokens seen (one per event with content), the exact count
-    from the final usage chunk, the end; drops that usage chunk when the client did not ask."""
+    """Follows a stream for the core: tokens seen, the exact count from the usage the worker
+    reports, the end; drops the final usage chunk when the client did not ask for it.
+
+    ``forward`` takes the events of one read at once and looks at the bytes: a read of plain
+    token events (the bulk of a stream) goes on as it came, its tokens counted from its events
+    (approximately: the progress the core is told; the count it learns comes from the usage).
+    Only a read holding ``[DONE]``, an error, a usage chunk, or anything else out of the way, is
+    taken event by event (``feed``, which decodes each one's JSON).
+    """
 
     def __init__(self, wants_usage: bool):
         self.wants_usage = wants_usage
@@ -266,31 +274,61 @@ class StreamTracker:
         self.usage_tokens: int | None = None
         self.done = False
         self.error = False
+        self._usage_events: bytes | None = None  # the last read of token events carrying usage, decoded at the end
 
     @property
     def output_tokens(self) -> int:
+        if self._usage_events is not None:
+            for event in reversed(self._usage_events.split(b"\n\n")):
+                tokens = _completion_tokens(_chunk(event))
+                if tokens is not None:
+                    self.usage_tokens = tokens
+                    break
+            self._usage_events = None
         return self.usage_tokens if self.usage_tokens is not None else self.generated
 
+    def forward(self, events: bytes) -> bytes:
+        """Whole events as read (each ending with its blank line): the bytes to send on."""
+        n = events.count(b"\n\n")
+        if (events.count(b"\n\ndata:") + events.startswith(b"data:") == n  # data events only, none blank
+                and b"[DONE]" not in events and b'"error"' not in events):
+            usage = _USAGE.search(events) is not None
+            # with usage in every token event (continuous usage stats) none is the final usage
+            # chunk, and only the last usage counts
+            if not usage or events.count(b'"choices":[{') + events.count(b'"choices": [{') == n:
+                self.generated += max(n - len(_EMPTY.findall(events)), 0)
+                if usage:
+                    self._usage_events = events
+                return events
+        out = []
+        for event in events.split(b"\n\n")[:-1]:
+            if event.strip():
+                kept = self.feed(event)
+                if kept is not None:
+                    out += (kept, b"\n\n")
+                if self.done:
+                    break  # nothing after [DONE] is forwarded
+        return b"".join(out)
+
     def feed(self, event: bytes) -> bytes | None:
-        """The event to forward (None: drop it)."""
+        """One event: the event to forward (None: drop it)."""
         if not event.startswith(b"data:"):
             return event
         data = event[5:].strip()
         if data == b"[DONE]":
             self.done = True
             return event
-        try:
-            chunk = _decode(data.decode())  # UTF-8 (SSE's encoding); a bad byte is a ValueError too
-        except ValueError:
-            return event
-        if not isinstance(chunk, dict):
+        chunk = _chunk(event)
+        if chunk is None:
             return event
         if "error" in chunk:
             self.error = True
             return event
         usage = chunk.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.usage_tokens = usage["completion_tokens"]
+        tokens = _completion_tokens(chunk)
+        if tokens is not None:
+            self.usage_tokens = tokens
+            self._usage_events = None
         choices = chunk.get("choices")
         if not choices:
             return event if self.wants_usage or not isinstance(usage, dict) else None
@@ -299,7 +337,27 @@ class StreamTracker:
         return event
 
 
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')  # a usage object (not null)
+_EMPTY = re.compile(rb'"(?:text|content)"\s*:\s*""')  # an event without text (chat's first, a last one)
 _decode = json.JSONDecoder().decode  # json.loads without its per-call encoding detection and wrapper
+
+
+def _chunk(event: bytes) -> dict[str, Any] | None:
+    """A data event's JSON object (None: not a data event, not JSON, or not an object)."""
+    if not event.startswith(b"data:"):
+        return None
+    try:
+        chunk = _decode(event[5:].decode())  # UTF-8 (SSE's encoding); a bad byte is a ValueError too
+    except ValueError:
+        return None
+    return chunk if isinstance(chunk, dict) else None
+
+
+def _completion_tokens(chunk: dict[str, Any] | None) -> int | None:
+    usage = chunk.get("usage") if chunk is not None else None
+    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+        return usage["completion_tokens"]
+    return None
 
 
 def _has_content(choice: dict[str, Any]) -> bool:

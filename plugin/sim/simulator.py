@@ -6,8 +6,10 @@ still prefilling and to waiting requests in FCFS order, up to ``max_batched_toke
 and ``max_num_seqs`` running requests. KV blocks are allocated as contexts grow (a new
 request reserves its whole prompt); when a decode needs a block and none is free, the newest
 running request is preempted: its blocks are freed and it goes back to the front of the
-waiting queue, to re-prefill prompt + generated tokens (recompute). Iteration times come
-from the worker's PerfModel.
+waiting queue, to re-prefill prompt + generated tokens (recompute). Requests that arrive at
+the same instant all reach an idle worker before it plans its first iteration, as vLLM's loop
+takes every pending input before a step. Iteration times come from the worker's PerfModel.
+How this compares with vLLM's own scheduler, step by step: docs/simulator.md.
 
 Speed: an iteration is only simulated one at a time while something is prefilling. A run of
 pure decode iterations has a fixed batch, so its iteration times form an arithmetic series:
@@ -378,6 +380,7 @@ class ClusterSimulator:
         self._heap: list[tuple[float, int, int]] = []
         self._seq = 0
         self._handling: _Worker | None = None
+        self._idle_placed: list[_Worker] | None = None  # while arrivals of one instant are placed: idle workers to plan
         self._spans: list[tuple[int, int, int, int]] = []  # (request, worker, first iteration, tokens)
 
     # ------------------------------------------------------------------ setup and main loop
@@ -434,13 +437,21 @@ class ClusterSimulator:
                 _, i = heapq.heappop(handoffs)  # the request's KV has reached the decode pool
                 self._apply(scheduler.offer(self.requests[i], handoff_time), handoff_time)
             elif next_arrival < n:
-                i = next_arrival
-                next_arrival += 1
-                if self.prefill_pool:
-                    scheduler.predict(self.requests[i], self.out[i])
-                    self._dispatch_prefill(i, arrival_time)
-                else:
-                    self._apply(scheduler.arrive(self.requests[i], arrival_time, self.out[i]), arrival_time)
+                # Every request arriving at this instant reaches the engines before an idle one
+                # plans its first iteration (vLLM's loop takes all its inputs before a step).
+                self._idle_placed = []
+                while next_arrival < n and arrivals[next_arrival] == arrival_time:
+                    i = next_arrival
+                    next_arrival += 1
+                    if self.prefill_pool:
+                        scheduler.predict(self.requests[i], self.out[i])
+                        self._dispatch_prefill(i, arrival_time)
+                    else:
+                        self._apply(scheduler.arrive(self.requests[i], arrival_time, self.out[i]), arrival_time)
+                idle, self._idle_placed = self._idle_placed, None
+                for worker in idle:
+                    if not worker.busy:
+                        self._plan(worker, arrival_time)
             else:
                 break
         if len(scheduler.queue):
@@ -477,7 +488,35 @@ class ClusterSimulator:
         self.assigned[i] = worker.index
         worker.waiting.append(i)
         if not worker.busy:
+            self._plan_idle(worker, now)
+
+    def _plan_idle(self, worker: _Worker, now: float) -> None:
+        """Plan an idle worker that was just given a request, or, while the other arrivals of
+        the same instant are still being placed, once they all are."""
+        if self._idle_placed is None:
             self._plan(worker, now)
+            return
+        if worker not in self._idle_placed:
+            self._idle_placed.append(worker)
+        if not worker.prefill_only:  # what its plan will report, for the placements still to come
+            self._states[worker.index].report_kv(self._first_admissions_blocks(worker) * self.block_size)
+
+    def _first_admissions_blocks(self, worker: _Worker) -> int:
+        """KV blocks an idle worker reserves when it plans: those of the queued requests its
+        first iteration admits (the admission loop of ``_plan_iteration``, on an empty worker)."""
+        free, budget, admitted, blocks = self.num_blocks, self.perf.max_batched_tokens, 0, 0
+        for i in worker.waiting:
+            if budget <= 0 or admitted >= self.perf.max_num_seqs:
+                break
+            tokens = self.prompt[i] + self.gen[i]
+            need = -(-tokens // self.block_size)
+            if need > free:
+                break
+            free -= need
+            blocks += need
+            admitted += 1
+            budget -= min(tokens - self.kv_ready[i], budget)
+        return blocks
 
     def _hand_off(self, worker: _Worker, i: int, iteration: int, now: float) -> None:
         """Split-phase: request ``i``'s prefill ended with its first token; free its KV here and
@@ -504,7 +543,7 @@ class ClusterSimulator:
         if worker is self._handling:
             return  # its next run is planned right after
         if not worker.busy:
-            self._plan(worker, now)
+            self._plan_idle(worker, now)
         elif worker.chunks is None and len(worker.waiting) == 1 and len(worker.running) < self.perf.max_num_seqs:
             self._cut_run(worker, now)  # otherwise the run already ignored a blocked queue head
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from aladdin.errors import AladdinError
 from aladdin.jsonfile import read_json_object
+from aladdin.plugin.core.predictor import RESERVATION_QUANTILE
 
 CONFIG_ENV = "ALADDIN_VLLM_CONFIG"
 ADDITIONAL_CONFIG_KEY = "aladdin"
@@ -42,7 +43,7 @@ class PluginConfig:
     atgt_slo: float = math.inf
     headroom: float = 0.05
     lost_ttft: str = "hand-back"
-    length_quantile: float | None = 0.95
+    length_quantile: float | None = RESERVATION_QUANTILE
     default_output_tokens: int | None = None
     tick_s: float = 0.05
     max_held: int = 64  # the front door (middleware) answers 503 once this many wait for admission
