@@ -36,7 +36,7 @@ def _default_profile() -> Path | None:
 @click.option("--stock/--no-stock", default=True, show_default=True,
               help="Also replay on stock vLLM workers (round robin), the baseline without Aladdin.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--rate", type=float, default=3.0, show_default=True, help="Poisson arrival rate, requests/s.")
+@click.option("--rate", type=float, default=2.5, show_default=True, help="Poisson arrival rate, requests/s.")
 @click.option("--num-requests", "-n", type=click.IntRange(min=1), default=90, show_default=True)
 @click.option("--max-output-tokens", type=click.IntRange(min=4), default=256, show_default=True,
               help="ShareGPT requests with longer replies are skipped (keeps the demo to a few minutes).")

@@ -102,8 +102,8 @@ def print_table(title: str, table: dict[str, dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=3.5)
-    parser.add_argument("-n", "--num-requests", type=int, default=120)
+    parser.add_argument("--rate", type=float, default=2.5)
+    parser.add_argument("-n", "--num-requests", type=int, default=100)
     parser.add_argument("--kv-tokens", type=int, default=4096, help="KV cache of each worker, tokens")
     parser.add_argument("--max-output-tokens", type=int, default=256)
     parser.add_argument("--ttft-slo", type=float, default=1.0)
