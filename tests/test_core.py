@@ -131,6 +131,20 @@ def test_atgt_counts_the_time_since_observed_not_a_frozen_past():
     assert late == pytest.approx(early + 3.0 / (99 * 0.1))  # 3 s more over its 99 tokens after the first
 
 
+def test_a_measured_decode_scale_stretches_the_predicted_atgt_and_closes_the_worker():
+    s = scheduler(workers=1)
+    decoding(s, "w0", "a", 10, 100, generated=1, atgt_slo=0.1, first_token=0.0)
+    request = Request("n", 10, 0.0, atgt_slo=10.0, predicted_output_tokens=50)
+    profiled = s.evaluate(request, 0.0)[0]
+    s.scale_decode("w0", 3.0)
+    slower = s.evaluate(request, 0.0)[0]
+    assert slower.atgt_fill == pytest.approx(3 * profiled.atgt_fill, rel=0.05)
+    s.scale_decode("w0", 1.0)
+    assert s.evaluate(request, 0.0)[0].atgt_fill == pytest.approx(profiled.atgt_fill)
+    with pytest.raises(ValueError):
+        s.scale_decode("w0", 0.0)
+
+
 def test_split_phase_request_counts_the_time_it_already_streamed():
     # Old bug (f): after the hand-off, the new request's own ATGT ignored its past.
     s = scheduler(workers=1)
@@ -349,3 +363,20 @@ def test_max_output_tokens_caps_the_prediction_queue_retries_and_repredictions()
     s.started("c", 1, 0.2)
     s.tokens("c", 8, 0.3)  # at its cap and not finished: one more token at most
     assert capped.predicted_output_tokens == 9
+
+
+def test_decode_calibration_averages_then_smooths_and_clips_outliers():
+    from aladdin.plugin.core.calibration import CalibrationConfig, DecodeCalibration
+
+    decode = DecodeModel(a=0.001, b=0.0, c=0.01)  # 11 ms for one request
+    calibration = DecodeCalibration(decode, CalibrationConfig(min_steps=4, smoothing=0.5, bounds=(0.5, 4.0)))
+    for seconds in (0.022, 0.022, 0.022):
+        calibration.observe(1, 100, seconds)
+    assert calibration.scale == 1.0 and calibration.update() is None  # not trusted yet
+    calibration.observe(1, 100, 10.0)  # a stall: clipped to 4x
+    assert calibration.scale == pytest.approx((2 + 2 + 2 + 4) / 4)
+    assert calibration.update() == pytest.approx(2.5) and calibration.update() is None
+    calibration.observe(1, 100, 0.011)
+    assert calibration.scale == pytest.approx(2.5 + 0.5 * (1.0 - 2.5))
+    calibration.observe(0, 0, 1.0)  # an empty batch tells nothing
+    assert calibration.steps == 5

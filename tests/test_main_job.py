@@ -53,7 +53,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert [run["label"] for run in document["runs"]] == ["aladdin", "jsq", "stock-rr"]
     assert all(run["preemptions"]["count"] is not None for run in document["runs"])  # the workers' counters
     assert (out / "report.html").exists()
-    for run in ("aladdin", "jsq"):  # placed by the router, on plugin workers
+    for run in ("aladdin", "jsq"):  # placed by the router, on plugin workers that time their decode steps
+        scales = [line for line in (out / run / "router_metrics.txt").read_text().splitlines()
+                  if line.startswith("aladdin_router_worker_decode_scale{")]
+        assert len(scales) == 2 and all(float(line.split()[-1]) > 0 for line in scales)
         workers = {json.loads(line).get("worker") for line in (out / run / "requests.jsonl").read_text().splitlines()}
         assert workers and None not in workers
     for cluster in ("cluster-plugin", "cluster-stock"):

@@ -47,6 +47,7 @@ class FakeWorker:
     max_model_len: int = 2048
     healthy: bool = True
     plugin_state: bool = False
+    decode_scale: float | None = None  # reported in /aladdin/state when set
     received: list[dict] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)
     peers: set = field(default_factory=set)  # client ports the completions came from
@@ -99,8 +100,9 @@ class FakeWorker:
         rows = [{"id": f"cmpl-{rid}-0", "generated_tokens": n, "predicted_output_tokens": 8, "prompt_tokens": 3}
                 for rid, n in self.running.items()]
         capacity = (self.kv_blocks - 1) * self.block_size
+        extra = {} if self.decode_scale is None else {"decode_scale": self.decode_scale}
         return web.json_response({"capacity_tokens": capacity, "block_size": self.block_size, "kv_held_tokens": 32,
-                                  "running": rows, "waiting": [], "held": []})
+                                  "running": rows, "waiting": [], "held": [], **extra})
 
     def _chunk(self, chat: bool, i: int, n: int) -> dict:
         finish = "length" if i == n - 1 else None
@@ -530,6 +532,17 @@ def test_api_key_is_required_when_set():
                 assert resp.status == 401
 
     run(main())
+
+
+def test_the_engines_measured_decode_scale_reaches_the_routers_core():
+    async def main():
+        workers = [FakeWorker(plugin_state=True, decode_scale=2.5), FakeWorker()]
+        async with router_for(workers, policy="aladdin") as router:
+            await until(lambda: router.placer.scheduler.worker(workers[0].id).decode_scale == 2.5)
+            rows = {w["id"]: w for w in (await get_json(router, "/state"))["workers"]}
+            assert rows[workers[0].id]["decode_scale"] == 2.5 and rows[workers[1].id]["decode_scale"] == 1.0
+
+    asyncio.run(main())
 
 
 def test_metrics_and_state_show_placements_fills_and_desired_workers():

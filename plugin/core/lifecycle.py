@@ -272,6 +272,10 @@ class Scheduler:
     def report_kv(self, worker_id: str, kv_tokens_held: int) -> None:
         self.worker(worker_id).report_kv(kv_tokens_held)
 
+    def scale_decode(self, worker_id: str, factor: float) -> None:
+        """The worker's decode steps take ``factor`` x the profile's (measured by its engine)."""
+        self.worker(worker_id).set_decode_scale(factor)
+
     def preempted(self, request_id: str, generated_tokens: int) -> None:
         request, worker = self._request(request_id)
         worker.preempt(request, generated_tokens)

@@ -62,6 +62,7 @@ class WorkerState:
         self.prefill_work_ahead = 0.0  # their prefill work (PrefillModel.chunk_work)
         self.kv_tokens_reported: int | None = None  # KV in use as last reported (block-rounded)
         self.length_inflation = 1.0  # from this worker's prediction error (lifecycle's feedback)
+        self.decode_scale = 1.0  # measured / profiled decode iteration time (set_decode_scale)
         self._overruns: list[tuple[int, str]] = []  # heap: (step a decoding request reaches its prediction, id)
         self.track_overruns = True
         self._slot: dict[str, int] = {}  # request -> its column in the pool's row
@@ -210,6 +211,19 @@ class WorkerState:
         """Stretch the residents' predicted remaining lengths by ``factor`` in the forecast."""
         if factor != self.length_inflation:
             self.length_inflation = factor
+            self._changed()
+
+    def set_decode_scale(self, factor: float) -> None:
+        """Scale the profile's decode iteration time by ``factor``: the ratio the engine measures
+        between its real decode steps and the profile's, which drifts from 1 when the worker is
+        slower or faster than where it was profiled (shared cores, another GPU, clocks)."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"decode scale must be a positive number, got {factor}")
+        if factor != self.decode_scale:
+            self.decode_scale = factor
+            decode = self.perf.decode
+            for name, base in (("dec_a", decode.a), ("dec_b", decode.b), ("dec_c", decode.c)):
+                self._pool.scalar(name)[self.index] = base * factor
             self._changed()
 
     def report_kv(self, kv_tokens_held: int) -> None:

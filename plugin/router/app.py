@@ -178,6 +178,9 @@ class Router:
         if state is not None:
             prompts = {t.id: t.core.prompt_tokens for t in mine}
             placer.reconcile(endpoint.id, reports_from_state(state, prompts.get), endpoint.kv_tokens_held)
+            scale = state.get("decode_scale")  # the engine's measured / profiled decode step time
+            if isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0:
+                placer.scale_decode(endpoint.id, float(scale))
         elif endpoint.kv_tokens_held is not None:
             placer.report_kv(endpoint.id, endpoint.kv_tokens_held)
         seen = (endpoint.running or 0) + (endpoint.waiting or 0) + (endpoint.held or 0)
@@ -265,6 +268,7 @@ class Router:
         for worker_id, (kv, atgt) in placer.fills().items():
             m.kv_fill.set(kv, worker_id)
             m.atgt_fill.set(atgt, worker_id)
+            m.decode_scale.set(placer.scheduler.worker(worker_id).decode_scale, worker_id)
             m.outstanding.set(len(placer.scheduler.worker(worker_id).requests), worker_id)
             m.worker_up.set(1.0 if workers.endpoints[worker_id].up else 0.0, worker_id)
         m.desired.set(self.desired.compute(placer, sum(e.up for e in workers.endpoints.values())))
@@ -285,6 +289,7 @@ class Router:
                 "models": info.model_ids if info else [], "max_model_len": info.max_model_len if info else None,
                 "kv_capacity_tokens": core.perf.kv.capacity_tokens, "outstanding": len(core.requests),
                 "decoding": core.num_decoding, "predicted_kv_fill": kv, "predicted_atgt_fill": atgt,
+                "decode_scale": core.decode_scale,
                 "kv_tokens_held": endpoint.kv_tokens_held, "reported": {
                     "running": endpoint.running, "waiting": endpoint.waiting, "held": endpoint.held,
                     "age_s": None if endpoint.state_at is None else now - endpoint.state_at},

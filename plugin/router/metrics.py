@@ -180,6 +180,9 @@ class RouterMetrics:
                                    "Predicted peak KV of the worker's requests / its KV capacity", ("worker",)))
         self.atgt_fill = r.add(Gauge("aladdin_router_worker_predicted_atgt_fill",
                                      "Largest predicted ATGT / SLO over the worker's requests on pace", ("worker",)))
+        self.decode_scale = r.add(Gauge("aladdin_router_worker_decode_scale",
+                                        "The worker's measured / profiled decode step time (from its engine plugin)",
+                                        ("worker",)))
         self.outstanding = r.add(Gauge("aladdin_router_worker_outstanding", "Requests the router has on the worker",
                                        ("worker",)))
         self.worker_up = r.add(Gauge("aladdin_router_worker_up", "1 while the worker is in the pool", ("worker",)))

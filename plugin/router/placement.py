@@ -254,6 +254,9 @@ class Placer:
     def report_kv(self, worker_id: str, kv_tokens_held: int) -> None:
         self.scheduler.report_kv(worker_id, kv_tokens_held)
 
+    def scale_decode(self, worker_id: str, factor: float) -> None:
+        self.scheduler.scale_decode(worker_id, factor)
+
     # ------------------------------------------------------------------ reading
 
     def on_worker(self, worker_id: str) -> list[Ticket]:

@@ -24,6 +24,9 @@ GAUGES = {  # state key -> gauge
                                 "KV tokens still free for admissions: capacity less the headroom share, less the "
                                 "reservations (negative when requests outgrew their predictions)",
                                 multiprocess_mode=MODE),
+    "decode_scale": Gauge("aladdin:decode_time_scale",
+                          "Measured / profiled decode step time, by which the profile's decode model is scaled",
+                          multiprocess_mode=MODE),
     "predicted_atgt_max_s": Gauge("aladdin:predicted_atgt_seconds",
                                   "Highest predicted ATGT among the decoding requests (0 without a profile)",
                                   multiprocess_mode=MODE),

@@ -33,6 +33,7 @@ from vllm.logger import init_logger
 
 from aladdin import __version__
 from aladdin.errors import AladdinError
+from aladdin.plugin.core.calibration import DecodeCalibration
 from aladdin.plugin.core.lifecycle import Placement, Scheduler, SchedulerConfig
 from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
 from aladdin.plugin.core.policies import PolicySpec, named_policy
@@ -95,6 +96,8 @@ class AladdinScheduler(compat.AsyncScheduler):
         self.handed_back_total = 0
         self._steps = 0
         self._next_tick = 0.0
+        self.calibration = DecodeCalibration(perf.decode)  # measured / profiled decode step time
+        self._last_step_at: float | None = None  # when the previous step's output came back (busy)
         # compile (or load) the core's kernels now, not on the first request
         self.core.evaluate(CoreRequest("aladdin-warm-up", 1, time.time(), predicted_output_tokens=1), time.time())
         logger.info("aladdin: AladdinScheduler %s active on vLLM %s: %d KV blocks of %d tokens, policy %s, config %s",
@@ -165,6 +168,7 @@ class AladdinScheduler(compat.AsyncScheduler):
     # ------------------------------------------------------------------ engine steps
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> dict:
+        self._time_step(scheduler_output)
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         now = time.time()
         core = self.core
@@ -192,6 +196,9 @@ class AladdinScheduler(compat.AsyncScheduler):
             decisions += core.reconcile(ENGINE, self._reports(), None, now)
         if now >= self._next_tick:
             self._next_tick = now + self.aladdin_config.tick_s
+            scale = self.calibration.update()
+            if scale is not None:
+                core.scale_decode(ENGINE, scale)
             decisions += core.tick(now)
         self._apply(decisions)
         if self._errors:
@@ -200,6 +207,18 @@ class AladdinScheduler(compat.AsyncScheduler):
                 outputs.setdefault(request.client_index, compat.EngineCoreOutputs()).outputs.append(
                     compat.error_output(request))
         return outputs
+
+    def _time_step(self, scheduler_output: Any) -> None:
+        """Time a decode-only step (one token for each request) as the gap since the previous
+        step's output: with the engine busy, that is one step (the frontend's share included,
+        as in the profile's client-side decode times)."""
+        now = time.monotonic()
+        scheduled: dict[str, int] = getattr(scheduler_output, "num_scheduled_tokens", None) or {}
+        previous, self._last_step_at = self._last_step_at, (now if scheduled else None)
+        if previous is None or not scheduled or any(n != 1 for n in scheduled.values()):
+            return
+        context = sum(self.requests[r].num_computed_tokens for r in scheduled if r in self.requests)
+        self.calibration.observe(len(scheduled), context, now - previous)
 
     def _reports(self) -> list[RequestReport]:
         return [
@@ -272,6 +291,8 @@ class AladdinScheduler(compat.AsyncScheduler):
             "headroom": self.aladdin_config.headroom,
             "kv_headroom_tokens": int(kv.capacity_tokens * (1.0 - self.aladdin_config.headroom)) - reserved,
             "predicted_atgt_max_s": max(atgt.values(), default=0.0),
+            "decode_scale": self._engine.decode_scale,
+            "decode_steps_timed": self.calibration.steps,
             "running": [row(rid, "running") for rid in running if rid in self.core.requests],
             "waiting": [row(rid, "waiting") for rid in waiting if rid in self.core.requests],
             "held": [row(rid, "held") for rid in self._held if rid in self.core.requests],
@@ -291,7 +312,7 @@ class AladdinScheduler(compat.AsyncScheduler):
         generated = [self._engine.generated(state) for state in decoding]
         contexts = [state.prompt_tokens + done for state, done in zip(decoding, generated)]
         remaining = [max(state.predicted_output_tokens - done, 1) for state, done in zip(decoding, generated)]
-        values = self._engine.perf.decode.predicted_atgt(contexts, remaining)
+        values = self._engine.perf.decode.predicted_atgt(contexts, remaining) * self._engine.decode_scale
         return {state.id: float(value) for state, value in zip(decoding, values)}
 
     def _reserved_tokens(self) -> int:
