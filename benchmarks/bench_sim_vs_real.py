@@ -9,9 +9,13 @@ Both runs are built by the same code from the same flags (same sample, same Pois
         --num-requests 100 --out benchmarks/results/sim_vs_real.json
 
 With ``--real-run DIR`` (repeatable) no local worker is started: DIR is a finished real run
-folder (``requests.jsonl`` + ``run.json``, e.g. from ``scripts/gpu/sim_vs_real_h100.sh`` on a
+folder (``requests.jsonl`` + ``run.json``, e.g. from ``scripts/gpu/sim_vs_real_h200.sh`` on a
 GPU machine). Its workload flags are read from its ``run.json``, the schedule is rebuilt here
-with ``--tokenizer`` and checked against DIR/schedule.jsonl, and the simulator replays it:
+with ``--tokenizer`` and checked against DIR/schedule.jsonl, and the simulator replays it. Where
+DIR has ``server.json`` (sim_vs_real_h200.sh) with ``num_gpu_blocks_override`` (a KV-bound run),
+the simulator gets that KV cache (``--kv-tokens`` = blocks x the profile's block size). Where DIR
+has ``counters.json`` (vLLM's preemption counter over the run), the preemptions of both sides are
+compared too:
 
     .venv/bin/python benchmarks/bench_sim_vs_real.py --profile profiles/h100-llama2-7b.json \
         --tokenizer /tmp/models/llama2-7b --real-run runs/real-r8 --real-run runs/real-r4 \
@@ -31,6 +35,8 @@ import tempfile
 from pathlib import Path
 
 METRICS = [f"{m}_{p}_ms" for m in ("ttft", "atgt") for p in ("p50", "p99")]
+LATENCY_GOAL_PCT = 10.0   # issue 13: every latency figure within 10%
+PREEMPTION_GOAL_PCT = 15.0   # and preemptions within 15%
 
 
 def aladdin(*args) -> None:
@@ -80,6 +86,26 @@ def workload_flags(workload: dict, tokenizer: str | None) -> list:
     return flags
 
 
+def kv_override(real: Path, perf) -> tuple[int | None, dict | None]:
+    """The KV cache the real server had when it was not the profile's: (--kv-tokens, server.json)."""
+    path = real / "server.json"
+    if not path.exists():
+        return None, None
+    server = json.loads(path.read_text())
+    blocks = server.get("num_gpu_blocks_override")
+    return (blocks * perf.kv.block_size if blocks else None), server
+
+
+def preemption_row(runs: list[dict]) -> dict:
+    """Both sides' preemption counts (None: not recorded) and the simulator's % difference."""
+    count = {("real" if run["label"] == "real vLLM" else "sim"): run.get("preemptions", {}).get("count")
+             for run in runs}
+    real, sim = count.get("real"), count.get("sim")
+    pct = 100 * (sim / real - 1) if real and sim is not None else None
+    within = None if real is None or sim is None else (abs(pct) <= PREEMPTION_GOAL_PCT if real else sim == 0)
+    return {"real": real, "sim": sim, "pct_difference": pct, "within_goal": within}
+
+
 def check_schedule(real: Path, workload: dict, tokenizer: str | None) -> str:
     """Rebuild the real run's schedule here and compare it with the one it replayed."""
     from aladdin.loadgen.datasets import load_tokenizer
@@ -109,9 +135,12 @@ def compare_real_runs(args, perf) -> dict:
             workload = meta["params"]["workload"]
             flags = workload_flags(workload, args.tokenizer)
             schedule_check = check_schedule(real, workload, args.tokenizer)
+            kv_tokens, server = kv_override(real, perf)
             sim = tmp / f"sim{i}"
             sim_args = ["simulate", "--profile", args.profile, "--workers", 1, "--gpus-per-worker", gpus,
                         "--policy", "jsq", *flags, "--output", sim, "--label", "simulator"]
+            if kv_tokens:
+                sim_args += ["--kv-tokens", kv_tokens]
             aladdin(*sim_args)
             analyze_args = ["analyze", real, sim, "--ttft-slo", args.ttft_slo, "--atgt-slo", args.atgt_slo,
                             "--json", tmp / f"a{i}.json"]
@@ -123,7 +152,11 @@ def compare_real_runs(args, perf) -> dict:
             rows = latency_rows(runs)
             real_row, sim_row = rows["real vLLM"], rows["simulator"]
             diff = {k: 100 * (sim_row[k] / real_row[k] - 1) for k in real_row}
-            print_rows(rows, diff, f"\n{real} (rate {workload['rate']:g} req/s, {workload['num_requests']} requests)")
+            kv_note = f", KV {kv_tokens} tokens" if kv_tokens else ""
+            print_rows(rows, diff, f"\n{real} (rate {workload['rate']:g} req/s, {workload['num_requests']} requests"
+                       f"{kv_note})")
+            preemptions = preemption_row(runs)
+            print(f"preemptions: real {preemptions['real']}, simulator {preemptions['sim']}")
             sim_display = [a if a != sim else "SIM_DIR" for a in sim_args]
             comparisons.append({
                 "real_run": str(real),
@@ -140,6 +173,11 @@ def compare_real_runs(args, perf) -> dict:
                 "metrics": {("real" if run["label"] == "real vLLM" else "sim"): run for run in runs},
                 "rows": rows,
                 "pct_difference": diff,
+                "preemptions": preemptions,
+                "kv_tokens_override": kv_tokens,
+                "server": server,
+                "within_goal": {**{k: abs(v) <= LATENCY_GOAL_PCT for k, v in diff.items()},
+                                "preemptions": preemptions["within_goal"]},
             })
     return {"comparisons": comparisons}
 
@@ -160,6 +198,8 @@ def main() -> None:
     parser.add_argument("--atgt-slo", type=float, default=0.05, help="ATGT SLO (s/token) for aladdin analyze")
     parser.add_argument("--real-command", action="append", default=[], metavar="TEXT",
                         help="with --real-run: how the real runs were made, recorded in the output")
+    parser.add_argument("--note", action="append", default=[], metavar="TEXT",
+                        help="with --real-run: free text recorded in the output (e.g. which simulator code ran)")
     parser.add_argument("--out", default="benchmarks/results/sim_vs_real.json")
     args = parser.parse_args()
 
@@ -173,6 +213,8 @@ def main() -> None:
                                                                           "seed")},
                "command": shlex.join([Path(sys.executable).name, *sys.argv]),
                "real_commands": args.real_command,
+               "notes": args.note,
+               "goal": {"latency_within_pct": LATENCY_GOAL_PCT, "preemptions_within_pct": PREEMPTION_GOAL_PCT},
                "profile": {k: perf.meta.get(k) for k in ("model", "hardware", "gpus_per_worker", "vllm_version",
                                                          "command")},
                **result}
