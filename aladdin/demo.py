@@ -44,6 +44,9 @@ def _default_profile() -> Path | None:
 @click.option("--atgt-slo", type=float, default=0.05, show_default=True, help="ATGT SLO, seconds per token.")
 @click.option("--slo-tiers", default=None, metavar="SPEC",
               help="Per-request SLOs by share, e.g. 'interactive:0.7:ttft=0.5,atgt=0.05;batch:0.3:ttft=10,atgt=0.2'.")
+@click.option("--queue-order", type=click.Choice(["fcfs", "edf"]), default="fcfs", show_default=True,
+              help="The router's central queue: first come first served, or earliest TTFT deadline first "
+                   "(for mixed SLOs).")
 @click.option("--kv-tokens", type=click.IntRange(min=2048), default=4096, show_default=True,
               help="KV cache capacity of each worker, tokens (small, so that placement matters).")
 @click.option("--max-model-len", type=click.IntRange(min=256), default=2048, show_default=True)
@@ -56,7 +59,7 @@ def _default_profile() -> Path | None:
               help="Run folder (default: runs/demo-<time>).")
 @click.pass_context
 def demo(ctx, policies, stock, workers, rate, num_requests, max_output_tokens, ttft_slo, atgt_slo, slo_tiers,
-         kv_tokens, max_model_len, profile, seed, base_port, output):
+         queue_order, kv_tokens, max_model_len, profile, seed, base_port, output):
     """Router + engine plugin on local vLLM CPU workers vs jsq and stock vLLM: SLO table and HTML report."""
     from aladdin.analysis.cli import analyze
     from aladdin.cluster import ClusterConfig
@@ -75,7 +78,8 @@ def demo(ctx, policies, stock, workers, rate, num_requests, max_output_tokens, t
     router_port = base_port + workers
     workload = dict(dataset="sharegpt", num_requests=num_requests, arrival="poisson", rate=rate, seed=seed,
                     max_output_tokens=max_output_tokens, max_total_tokens=max_model_len, slo_tiers=slo_tiers)
-    router_args = ("--profile", str(profile), "--ttft-slo", str(ttft_slo), "--atgt-slo", str(atgt_slo))
+    router_args = ("--profile", str(profile), "--ttft-slo", str(ttft_slo), "--atgt-slo", str(atgt_slo),
+                   "--queue-order", queue_order)
 
     def replay(host: str, label: str) -> Path:
         from aladdin.loadgen.cli import replay as replay_command

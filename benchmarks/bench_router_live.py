@@ -110,19 +110,29 @@ def main() -> None:
     parser.add_argument("--atgt-slo", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiers", default=TIERS, help="the two-tier SLO mix (--slo-tiers spec)")
+    parser.add_argument("--tiers-queue-order", choices=["fcfs", "edf"], default="edf",
+                        help="the router's queue order in the two-tier pass (edf: tight TTFTs first)")
+    parser.add_argument("--only", choices=["single", "tiers"], default=None,
+                        help="run one pass; the other is read from --keep DIR (a run kept before)")
     parser.add_argument("--runs", type=Path, default=None, help="re-analyse DIR/single and DIR/tiers")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
     parser.add_argument("--out", default="benchmarks/results/router_live_cpu.json")
     args = parser.parse_args()
 
-    commands = {}
     started = time.time()
+    if args.only and not args.keep:
+        raise SystemExit("--only needs --keep DIR, where the other pass was kept")
+    root = args.runs or args.keep or Path(tempfile.mkdtemp(prefix="router_live_"))
+    commands_file = root / "commands.json"
+    commands = json.loads(commands_file.read_text()) if commands_file.exists() else {}
     if args.runs is None:
-        root = args.keep or Path(tempfile.mkdtemp(prefix="router_live_"))
-        commands["single"] = demo(args, root / "single", ["aladdin", "jsq", "po2"])
-        commands["tiers"] = demo(args, root / "tiers", ["aladdin", "jsq"], "--no-stock", "--slo-tiers", args.tiers)
-    else:
-        root = args.runs
+        root.mkdir(parents=True, exist_ok=True)
+        if args.only in (None, "single"):
+            commands["single"] = demo(args, root / "single", ["aladdin", "jsq", "po2"])
+        if args.only in (None, "tiers"):
+            commands["tiers"] = demo(args, root / "tiers", ["aladdin", "jsq"], "--no-stock", "--slo-tiers", args.tiers,
+                                     "--queue-order", args.tiers_queue_order)
+        commands_file.write_text(json.dumps(commands, indent=2) + "\n")
     single, tiers = rows(root / "single"), rows(root / "tiers")
     print_table(f"one SLO (TTFT <= {args.ttft_slo:g} s, ATGT <= {args.atgt_slo * 1000:g} ms)", single)
     print_table(f"two tiers ({args.tiers})", tiers)
@@ -142,7 +152,7 @@ def main() -> None:
                     "stock_baseline": f"{STOCK_RUN}: stock vLLM, router --policy rr"},
         "slo": {"ttft_s": args.ttft_slo, "atgt_s": args.atgt_slo},
         "runs": single,
-        "two_tier": {"tiers": args.tiers, "runs": tiers},
+        "two_tier": {"tiers": args.tiers, "router_queue_order": args.tiers_queue_order, "runs": tiers},
         "goals": goals,
     }
     Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
