@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,9 @@ def main() -> None:
     commands = json.loads(commands_file.read_text()) if commands_file.exists() else {}
     if args.runs is None:
         root.mkdir(parents=True, exist_ok=True)
+        for name in ("single", "tiers"):
+            if args.only in (None, name):
+                shutil.rmtree(root / name, ignore_errors=True)  # a pass re-run replaces the kept one
         if args.only in (None, "single"):
             commands["single"] = demo(args, root / "single", ["aladdin", "jsq", "po2"])
         if args.only in (None, "tiers"):

@@ -382,6 +382,9 @@ def print_table(doc: dict) -> None:
             print(f"{policy:10}{path:9}{cells}{extra}")
     print(f"\n{'policy':10}{'sustained req/s':>17}{'router cpu ms/req':>19}{'req/s at 100% core':>20}")
     for policy, entry in doc["policies"].items():
+        if "throughput" not in entry:  # --skip-throughput: the latency phase's CPU per request
+            print(f"{policy:10}{'-':>17}{entry['latency']['router_cpu_ms_per_request']:>19.3f}")
+            continue
         tp = entry["throughput"]
         print(f"{policy:10}{tp['streamed_req_per_s']:>17.1f}{tp['router_cpu_ms_per_request'] or float('nan'):>19.3f}"
               f"{tp['router_req_per_s_at_full_core'] or float('nan'):>20.1f}")

@@ -278,6 +278,7 @@ class StreamTracker:
 
     @property
     def output_tokens(self) -> int:
+        """The worker's own count when it reported usage, else the tokens seen."""
         if self._usage_events is not None:
             for event in reversed(self._usage_events.split(b"\n\n")):
                 tokens = _completion_tokens(_chunk(event))
