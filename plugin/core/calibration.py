@@ -45,8 +45,10 @@ class DecodeCalibration:
 
     def observe(self, batch_size: int, context_tokens: int, seconds: float) -> None:
         """One decode-only step of ``batch_size`` requests holding ``context_tokens`` took ``seconds``."""
+        if batch_size < 1 or not (math.isfinite(seconds) and seconds > 0):
+            return
         predicted = float(self.decode.time(batch_size, context_tokens))
-        if batch_size < 1 or not (predicted > 0 and math.isfinite(seconds) and seconds > 0):
+        if not predicted > 0:  # no decode model (a worker without a profile)
             return
         low, high = self.config.bounds
         ratio = min(max(seconds / predicted, low), high)
