@@ -166,7 +166,7 @@ def _register_subcommands() -> None:
     from aladdin.loadgen.cli import replay
     from aladdin.plugin.plan.cli import plan
     from aladdin.plugin.profile.cli import profile
-    from aladdin.plugin.router.cli import router
+    from aladdin.plugin.router.cli import picker, router
     from aladdin.plugin.sim.cli import simulate
 
     cli.add_command(replay)
@@ -176,6 +176,7 @@ def _register_subcommands() -> None:
     cli.add_command(plan)
     cli.add_command(demo)
     cli.add_command(router)
+    cli.add_command(picker)
 
 
 _register_subcommands()

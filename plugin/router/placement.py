@@ -74,6 +74,8 @@ class Ticket:
     attempts: int = 0
     tried: list[str] = field(default_factory=list)
     done: bool = False
+    released: bool = False  # the front end no longer follows its stream: the worker's reports end it
+    reported: bool = False  # the worker's state has listed it
 
 
 class Placer:
@@ -104,11 +106,15 @@ class Placer:
     # ------------------------------------------------------------------ arrival and waiting
 
     def admit(self, prompt_tokens: int, max_output_tokens: int, ttft_slo: float, atgt_slo: float,
-              predicted_output_tokens: int | None = None) -> Ticket:
+              predicted_output_tokens: int | None = None, only: Sequence[str] | None = None) -> Ticket:
         """A new request: predict its length (the caller's prediction if it gave one; capped by
-        ``max_output_tokens``), place or queue it. Refused when the queue is past its bound."""
+        ``max_output_tokens``), place or queue it, on one of the workers ``only`` names if given
+        (a gateway's subset). Refused when the queue is past its bound."""
         now = self.clock()
         request_id = f"{ID_PREFIX}{uuid.uuid4().hex[:24]}"
+        if only is not None:
+            allowed = {self.rows[w] for w in only if w in self.rows}
+            self.available.excluded[request_id] = [row for row in self.rows.values() if row not in allowed]
         core = Request(request_id, prompt_tokens, now, ttft_slo=ttft_slo, atgt_slo=atgt_slo,
                        predicted_output_tokens=predicted_output_tokens or 0, max_output_tokens=max_output_tokens)
         self.scheduler.predict(core)  # capped by max_output_tokens, as every re-prediction

@@ -174,9 +174,10 @@ def _events_end(data: bytes) -> int:
     return start + (end + 2 - start) // 2 * 2
 
 
-def upstream_body(parsed: ParsedRequest, ticket: Ticket, now: float) -> bytes:
+def upstream_body(parsed: ParsedRequest, ticket: Ticket, now: float, ask_usage: bool = True) -> bytes:
     """The client's request plus the prediction and SLOs in ``vllm_xargs`` (the TTFT budget left
-    after the time spent in the router), and the final usage chunk asked for on streams."""
+    after the time spent in the router), and (``ask_usage``) the final usage chunk asked for on
+    streams: the router drops it again unless the client asked for it."""
     payload: dict[str, Any] = dict(parsed.payload)
     xargs = dict(payload.get("vllm_xargs") or {})
     core = ticket.core
@@ -186,7 +187,7 @@ def upstream_body(parsed: ParsedRequest, ticket: Ticket, now: float) -> bytes:
     if math.isfinite(core.atgt_slo):
         xargs[ATGT_KEY] = core.atgt_slo
     payload["vllm_xargs"] = xargs
-    if parsed.stream:
+    if parsed.stream and ask_usage:
         options = dict(payload.get("stream_options") or {})
         options["include_usage"] = True
         payload["stream_options"] = options

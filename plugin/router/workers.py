@@ -69,6 +69,7 @@ class Endpoint:
     held: int | None = None
     kv_tokens_held: int | None = None
     untracked: int = 0
+    finished_seq: int = 0  # the plugin's count of ended requests at the last read (restarts reset it)
 
 
 def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -246,9 +247,11 @@ class Workers:
         """The plugin's state (returned), or the stock metrics (stored on the endpoint; None)."""
         assert endpoint.info is not None
         if endpoint.info.plugin:
-            async with await self._get(endpoint, STATE_PATH) as resp:
+            async with await self._get(endpoint, f"{STATE_PATH}?finished_since={endpoint.finished_seq}") as resp:
                 resp.raise_for_status()
                 state = await resp.json(content_type=None)
+            seq = state.get("finished_seq")
+            endpoint.finished_seq = seq if isinstance(seq, int) and seq >= 0 else 0
             endpoint.running, endpoint.waiting, endpoint.held = (len(state["running"]), len(state["waiting"]),
                                                                  len(state["held"]))
             endpoint.kv_tokens_held = int(state["kv_held_tokens"])

@@ -2,7 +2,8 @@
 on the vLLM server's own port, for routers and dashboards:
 
 - ``GET /aladdin/state``: JSON (capacity, KV held and reserved, running, waiting and held requests
-  with their tokens, predictions and SLOs, totals, profile, versions);
+  with their tokens, predictions and SLOs, the latest ended requests with their lengths
+  (``?finished_since=SEQ``: those after SEQ only), totals, profile, versions);
 - the ``aladdin:*`` series on vLLM's ``/metrics`` (``metrics``), set from the same state on each
   scrape.
 
@@ -17,6 +18,7 @@ from aladdin.plugin.vllm.frontend import ENGINE_ATTR, engine_client, engine_stat
 
 STATE_PATH = "/aladdin/state"
 METRICS_PATH = "/metrics"
+FINISHED_SINCE = "finished_since"  # query: list only the requests that ended after this sequence number
 NOT_OURS = ("the engine's scheduler is not AladdinScheduler: start vLLM with "
             "--scheduler-cls aladdin.plugin.vllm.scheduler.AladdinScheduler")
 
@@ -52,7 +54,14 @@ class StateEndpoint:
             read = await engine_state_read(raw.app.state)
             if read is None:
                 return JSONResponse({"error": NOT_OURS}, status_code=404)
-            return JSONResponse(read[1])
+            state = read[1]
+            since = raw.query_params.get(FINISHED_SINCE)
+            if since is not None:  # only the ends after the reader's last (the cached state is shared)
+                if not since.isdigit():
+                    return JSONResponse({"error": f"{FINISHED_SINCE} must be a whole number, got {since!r}"},
+                                        status_code=400)
+                state = {**state, "finished": [row for row in state.get("finished", ()) if row["seq"] > int(since)]}
+            return JSONResponse(state)
 
     async def init_state(self, engine_client: Any, state: Any, args: Any) -> None:
         setattr(state, ENGINE_ATTR, engine_client)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import replace
 from typing import Any
 
@@ -49,6 +49,8 @@ logger = init_logger("vllm.aladdin")  # under vLLM's logger, so its handlers pri
 ENGINE = "engine"  # the core's one worker
 RECONCILE_STEPS = 32  # steps between exact re-reads of every admitted request
 OUTCOMES_KEPT = 4096  # refused and handed-back requests remembered for the front door
+FINISHED_KEPT = 1024  # ended requests listed in the state, so a front end that does not follow
+# the streams (the endpoint picker) learns each one's length: far more than end between two polls
 REJECTED, HANDED_BACK = "rejected", "handed-back"  # why a request ended before its first token
 
 
@@ -92,6 +94,8 @@ class AladdinScheduler(compat.AsyncScheduler):
         self._preemptions: dict[str, int] = {}
         self._errors: dict[str, str] = {}  # request id -> why it ends with an error (sent next step)
         self._outcomes: OrderedDict[str, dict[str, str]] = OrderedDict()  # the latest refusals, for ``outcome``
+        self._finished: deque[dict[str, Any]] = deque(maxlen=FINISHED_KEPT)  # the latest ends, oldest first
+        self._finished_seq = 0  # ends so far: a reader asks for those after the last it saw
         self.rejected_total = 0
         self.handed_back_total = 0
         self._steps = 0
@@ -181,6 +185,7 @@ class AladdinScheduler(compat.AsyncScheduler):
             if compat.is_finished(request):
                 del self._admitted[request_id]
                 self._preemptions.pop(request_id, None)
+                self._ended(request_id, request.num_output_tokens, aborted=False)
                 decisions += core.finish(request_id, request.num_output_tokens, now)
             elif request.num_preemptions != self._preemptions[request_id]:
                 self._preemptions[request_id] = request.num_preemptions
@@ -244,8 +249,14 @@ class AladdinScheduler(compat.AsyncScheduler):
         for request in finished:
             if self._admitted.pop(request.request_id, None) is not None:
                 self._preemptions.pop(request.request_id, None)
+                self._ended(request.request_id, request.num_output_tokens, aborted=True)
                 self._apply(self.core.abort(request.request_id, now))
         return held + finished
+
+    def _ended(self, request_id: str, output_tokens: int, aborted: bool) -> None:
+        self._finished_seq += 1
+        self._finished.append({"seq": self._finished_seq, "id": request_id, "output_tokens": output_tokens,
+                               "aborted": aborted})
 
     # ------------------------------------------------------------------ what the engine reports
 
@@ -296,6 +307,8 @@ class AladdinScheduler(compat.AsyncScheduler):
             "running": [row(rid, "running") for rid in running if rid in self.core.requests],
             "waiting": [row(rid, "waiting") for rid in waiting if rid in self.core.requests],
             "held": [row(rid, "held") for rid in self._held if rid in self.core.requests],
+            "finished": list(self._finished),
+            "finished_seq": self._finished_seq,
             "rejected_total": self.rejected_total,
             "handed_back_total": self.handed_back_total,
             "max_held": self.aladdin_config.max_held,
