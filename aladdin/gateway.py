@@ -35,17 +35,30 @@ from aladdin.errors import AladdinError
 
 DESTINATION = "x-gateway-destination-endpoint"
 SERVED = "x-gateway-destination-endpoint-served"
+SUBSET = "x-gateway-destination-endpoint-subset"
 REQUEST_BODY_MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED")
 RESPONSE_BODY_MODES = ("NONE", "FULL_DUPLEX_STREAMED")
 FAILURE_MODES = ("FailClose", "FailOpen")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"  # the gRPC health service gateways check
 HEALTH_INTERVAL_S = 0.5
+ACCESS_LOG_FLUSH_MS = 200  # Envoy's default is 10 s: the log would lag far behind a short run
 PICKER_MESSAGE_TIMEOUT_S = 120  # the picker may hold a request in its central queue this long
 ACCESS_LOG_FIELDS = {
     "start": "%START_TIME%", "method": "%REQ(:METHOD)%", "path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%",
     "picked": f"%DYNAMIC_METADATA(envoy.lb:{DESTINATION})%", "served": f"%DYNAMIC_METADATA(envoy.lb:{SERVED})%",
     "upstream": "%UPSTREAM_HOST%", "duration_ms": "%DURATION%", "flags": "%RESPONSE_FLAGS%",
 }
+# a request header that becomes the subset hint: how the local gateway lets tests and the demo
+# exercise subsetting (a real gateway sets the hint from its own endpoint selection)
+SUBSET_LUA = f"""
+function envoy_on_request(handle)
+  local subset = handle:headers():get("{SUBSET}")
+  if subset ~= nil then
+    handle:streamInfo():dynamicMetadata():set("envoy.lb.subset_hint", "{SUBSET}", subset)
+    handle:headers():remove("{SUBSET}")
+  end
+end
+"""
 # moves the served address from the route's response header into envoy.lb metadata (before
 # ext_proc sees the response headers: encoder filters run from the router back up)
 SERVED_LUA = f"""
@@ -70,6 +83,7 @@ class EnvoyConfig:
     host: str = "127.0.0.1"
     picker_tls: bool = False  # the pickers serve TLS (self-signed is accepted, as gateways do)
     failure_mode: str = "FailClose"  # the InferencePool's: no picker, 500 (FailClose) or any worker (FailOpen)
+    subset_header: bool = False  # a request's x-gateway-destination-endpoint-subset header is its subset hint
     request_body_mode: str = "FULL_DUPLEX_STREAMED"
     response_body_mode: str = "NONE"  # NONE: progress comes from the engine plugin, not the stream
     access_log: str | None = None
@@ -135,10 +149,9 @@ def envoy_config(config: EnvoyConfig) -> dict[str, Any]:
         "stat_prefix": "gateway",
         "route_config": {"virtual_hosts": [{"name": "model_servers", "domains": ["*"], "routes": routes}]},
         "http_filters": [
+            *([_lua("subset_hint", SUBSET_LUA)] if config.subset_header else []),  # before ext_proc: it sees the hint
             {"name": "envoy.filters.http.ext_proc", "typed_config": ext_proc},
-            {"name": "envoy.filters.http.lua", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": SERVED_LUA}}},
+            _lua("served", SERVED_LUA),  # after ext_proc: responses pass it first
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
@@ -171,6 +184,12 @@ def envoy_config(config: EnvoyConfig) -> dict[str, Any]:
             "clusters": [*clusters, picker],
         },
     }
+
+
+def _lua(name: str, source: str) -> dict[str, Any]:
+    return {"name": f"envoy.filters.http.lua.{name}", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": source}}}
 
 
 def _endpoints(cluster: str, addresses: tuple[str, ...]) -> dict[str, Any]:
@@ -218,7 +237,8 @@ class LocalEnvoy:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(envoy_config(self.config), indent=1))
         command = [envoy_binary(), "-c", str(self.config_path), "--disable-hot-restart",
-                   "--concurrency", str(self.concurrency), "--log-level", "warning"]
+                   "--concurrency", str(self.concurrency), "--log-level", "warning",
+                   "--file-flush-interval-msec", str(ACCESS_LOG_FLUSH_MS)]
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True)

@@ -198,6 +198,7 @@ class Exchange:
     endpoint: str | None = None
     ticket: Ticket | None = None
     tracker: proxy.StreamTracker | None = None
+    partial_event: bytes = b""  # the start of a response event whose end is in the next chunk
     response_body: bytearray | None = None  # a non-streamed response, for its usage
     refused: bool = False
 
@@ -376,7 +377,10 @@ class Picker(ext_grpc.ExternalProcessorServicer):
         ticket, placer = exchange.ticket, self.service.placer
         if ticket is not None and placer is not None and not ticket.done:
             if exchange.tracker is not None:
-                for event in data.split(b"\n\n"):
+                events = exchange.partial_event + data  # an event may be split across chunks
+                cut = proxy.events_end(events)
+                exchange.partial_event = events[cut:]
+                for event in events[:cut].split(b"\n\n"):
                     if event.strip():
                         exchange.tracker.feed(event.strip(b"\n"))
                 placer.tokens(ticket, exchange.tracker.generated)
@@ -481,6 +485,9 @@ class PickerServer:
         if not self.grpc_port:
             raise AladdinError(f"cannot listen on {address} (in use?)")
         await picker.health.set("liveness", health_pb2.HealthCheckResponse.SERVING)
+        workers = picker.service.workers
+        assert workers is not None
+        await picker.set_ready(any(e.up for e in workers.endpoints.values()))
         await server.start()
         self._grpc = server
         self._ready_task = asyncio.create_task(picker.watch_readiness())

@@ -95,7 +95,7 @@ class EventReader:
                 return None
             if self.buffer:
                 chunk = self.buffer + chunk
-            end = _events_end(chunk)
+            end = events_end(chunk)
             self.buffer = chunk[end:]
             if end:
                 return chunk[:end]
@@ -162,7 +162,7 @@ class EventReader:
         return extra <= limit and self.at_end()
 
 
-def _events_end(data: bytes) -> int:
+def events_end(data: bytes) -> int:
     """The end of the whole events that ``data`` (which starts an event) begins with: just past
     the blank line of the last one, cut where splitting on ``\\n\\n`` from the start cuts (0: none)."""
     end = data.rfind(b"\n\n")
