@@ -124,17 +124,27 @@ async def client_phase(spec: dict) -> dict:
     for _ in range(n):
         t += rng.expovariate(spec["rate"])
         offsets.append(t)
-    share = spec["router_share"]
-    paths = ["r" if rng.random() < share else "d" for _ in range(n)]
-    direct = spec["direct"]
-    results: dict[str, dict[str, list]] = {p: {"ttft": [], "tbt": [], "errors": [], "done": []} for p in ("d", "r")}
+    routes = spec["paths"]  # [[name, share, [urls]]]: each arrival takes one by a seeded draw, in this order
+    urls = {name: targets for name, _, targets in routes}
+
+    def draw() -> str:
+        u, edge = rng.random(), 0.0
+        for name, share, _ in routes:
+            edge += share
+            if u < edge:
+                return name
+        return routes[-1][0]
+
+    paths = [draw() for _ in range(n)]
+    results: dict[str, dict[str, list]] = {p: {"ttft": [], "tbt": [], "errors": [], "done": []} for p in urls}
     lags: list[float] = []
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
     timeout = aiohttp.ClientTimeout(total=60)
     marker = b'"choices": [{'
 
     async def one(i: int, path: str) -> None:
-        url = spec["router"] if path == "r" else direct[i % len(direct)]
+        targets = urls[path]
+        url = targets[i % len(targets)]
         body = json.dumps({"model": MODEL, "prompt": prompts[i % len(prompts)], "max_tokens": spec["tokens"],
                            "stream": True, "user": f"{path}:{spec['tag']}{i}"}).encode()
         out = results[path]
@@ -167,7 +177,7 @@ async def client_phase(spec: dict) -> dict:
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         # warm-up: open connections on both paths (and the router's to the workers), not measured
-        warm = [one(-k - 1, p) for k in range(spec["warmup"]) for p in ("d", "r")]
+        warm = [one(-k - 1, p) for k in range(spec["warmup"]) for p in urls]
         for coro in warm:
             asyncio.ensure_future(coro)
             await asyncio.sleep(0.002)
@@ -195,7 +205,7 @@ async def client_phase(spec: dict) -> dict:
         async with session.get(spec["stats_url"]) as resp:
             server = await resp.json()
     return {"requests": n, "schedule_span": offsets[-1] if offsets else 0.0,
-            "paths": {p: sum(1 for x in paths if x == p) for p in ("d", "r")},
+            "paths": {p: sum(1 for x in paths if x == p) for p in urls},
             "results": results, "lags": lags, "start": start, "sent_span": sent_span, "wall": wall, "cpu": cpu,
             "server": server}
 
@@ -257,10 +267,13 @@ class Bench:
         return proc, cmd
 
     def client(self, name: str, rate: float, duration: float, router_share: float, pids: dict[str, int],
-               warmup: int, tokens: int) -> dict:
+               warmup: int, tokens: int, routes: list | None = None) -> dict:
+        """One load-generator phase; ``routes``: [[path, share, [urls]]] (default: router and direct)."""
         a = self.args
-        spec = {"rate": rate, "duration": duration, "router_share": router_share, "seed": a.seed,
-                "router": f"http://127.0.0.1:{self.router_port}", "direct": self.worker_urls,
+        if routes is None:
+            routes = [["r", router_share, [f"http://127.0.0.1:{self.router_port}"]],
+                      ["d", 1.0 - router_share, self.worker_urls]]
+        spec = {"rate": rate, "duration": duration, "paths": routes, "seed": a.seed,
                 "tokens": tokens, "tbt": a.tbt, "prompts": self.prompts, "warmup": warmup, "tag": name,
                 "stats_url": self.worker_urls[0] + "/bench/stats", "pids": pids}
         spec_file, out_file = self.tmp / f"{name}.spec.json", self.tmp / f"{name}.out.json"

@@ -12,6 +12,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from click.testing import CliRunner
@@ -158,6 +159,16 @@ def test_a_streamed_body_is_picked_held_until_its_end_and_sent_back_with_the_pre
             assert sent["vllm_xargs"]["aladdin_output_tokens"] >= 1
             assert "stream_options" not in sent  # the client's response is not changed
             await gateway.close()
+
+    asyncio.run(main())
+
+
+def test_slo_headers_arrive_lower_case_and_count():
+    async def main():
+        async with picker_for([FakeWorker()]) as server:
+            await pick(server, completion(), extra={"x-aladdin-ttft-slo-ms": "250", "x-llm-d-slo-tpot-ms": "40"})
+            ticket = next(iter(server.picker.service.placer.tickets.values()))
+            assert ticket.core.ttft_slo == 0.25 and ticket.core.atgt_slo == 0.04
 
     asyncio.run(main())
 
@@ -360,6 +371,9 @@ def test_health_services_serve_then_go_down_at_shutdown():
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
             live = await stub.Check(health_pb2.HealthCheckRequest(service="liveness"))
             assert live.status == health_pb2.HealthCheckResponse.SERVING
+            async with aiohttp.ClientSession() as session:  # the HTTP probe says the same
+                async with session.get(f"http://127.0.0.1:{server.http_port}/health") as resp:
+                    assert resp.status == 503 and (await resp.json())["status"] == "draining"
             await stopping
             server._grpc = None  # stopped once
 

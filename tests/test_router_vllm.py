@@ -21,30 +21,16 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from mixedcluster import MixedCluster
 
-from aladdin.cluster import ClusterConfig, LocalCluster, free_port_block
+from aladdin.cluster import ClusterConfig, free_port_block
 from aladdin.plugin.router.app import Router
 from aladdin.plugin.router.config import RouterConfig, Timeouts
 from aladdin.plugin.router.inputs import HFTokenizer
-from aladdin.plugin.vllm.launch import VLLM_PLUGINS, plugin_flags
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
 
-PLUGIN_FLAGS = tuple(plugin_flags())
-PLUGIN_BLOCKS = 65  # 64 usable blocks of 32 tokens: 2048 KV tokens, one max-length request
 MODEL = "tiny"
-
-
-class MixedCluster(LocalCluster):
-    """Worker 0 with the engine plugin (its flags, VLLM_PLUGINS, a small KV cache), worker 1 stock."""
-
-    def _command(self, model_dir, port):
-        command = super()._command(model_dir, port)
-        if port != self.config.base_port:
-            return ["env", "-u", "VLLM_PLUGINS", *command]
-        blocks = command.index("--num-gpu-blocks-override") + 1
-        command[blocks] = str(PLUGIN_BLOCKS)
-        return ["env", f"VLLM_PLUGINS={VLLM_PLUGINS}", *command, *PLUGIN_FLAGS]
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multidict import CIMultiDict
+
 from aladdin.errors import AladdinError
 from aladdin.plugin.router import proxy
 from aladdin.plugin.router.config import RouterConfig
@@ -319,7 +321,8 @@ class Picker(ext_grpc.ExternalProcessorServicer):
         if size > self.config.placement.max_body_bytes:
             self.metrics.bad_requests.inc()
             raise ClientError(413, f"the request body is larger than {self.config.placement.max_body_bytes} bytes")
-        parsed, prompt_tokens, cap = await service.measure(exchange.path, bytes(exchange.body), exchange.headers)
+        headers = CIMultiDict(exchange.headers)  # HTTP/2 and Envoy lower-case names; the SLO headers' are mixed
+        parsed, prompt_tokens, cap = await service.measure(exchange.path, bytes(exchange.body), headers)
         ttft, atgt = service.slos(parsed)
         service.desired.arrived()
         try:
@@ -463,6 +466,7 @@ class PickerServer:
         self._grpc: Any = None
         self._runner: Any = None
         self._ready_task: asyncio.Task | None = None
+        self.draining = False
 
     async def start(self) -> None:
         from aiohttp import web
@@ -498,11 +502,12 @@ class PickerServer:
         async def state(_request: web.Request) -> web.Response:
             return web.Response(text=picker.service.state_json(), content_type="application/json")
 
-        async def health(_request: web.Request) -> web.Response:
+        async def health(_request: web.Request) -> web.Response:  # the readiness rule, for HTTP probes
             workers = picker.service.workers
             up = [e.id for e in workers.endpoints.values() if e.up] if workers else []
-            return web.json_response({"status": "ok" if up else "no worker up", "workers_up": up,
-                                      "streams": picker.streams}, status=200 if up else 503)
+            status = "draining" if self.draining else "ok" if up else "no worker up"
+            return web.json_response({"status": status, "workers_up": up, "streams": picker.streams},
+                                     status=200 if status == "ok" else 503)
 
         app = web.Application()
         app.router.add_get("/metrics", prometheus)
@@ -522,6 +527,7 @@ class PickerServer:
             self._ready_task.cancel()
             await asyncio.gather(self._ready_task, return_exceptions=True)
         if self._grpc is not None:
+            self.draining = True
             await picker.set_ready(False)
             await asyncio.sleep(self.config.drain_s)
             await self._grpc.stop(self.config.grace_s)
