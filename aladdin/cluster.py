@@ -342,19 +342,28 @@ def server_counters(url: str, timeout_s: float = 30.0) -> dict[str, float]:
     return {key: metric_sum(samples, name) or 0.0 for key, name in SERVER_COUNTERS.items()}
 
 
-class LocalRouter:
-    """``aladdin router`` as a child process in front of local workers, as a user runs it.
+class LocalFrontEnd:
+    """``aladdin router`` (or ``aladdin picker``) as a child process in front of local workers, as a
+    user runs it.
 
-    ``args``: further router flags. A context manager: started, with every worker up, on entry, stopped
-    (SIGINT, then SIGKILL) on exit; its log is ``log_path``.
+    ``args``: further flags. ``port``: the router's port, or the picker's HTTP (metrics) port; a
+    picker names its workers HOST:PORT and serves ext_proc on ``grpc_port``. A context manager:
+    started, with every worker up, on entry, stopped (SIGINT, then SIGKILL) on exit; its log is
+    ``log_path``.
     """
 
     def __init__(self, workers: list[str], port: int, log_path: Path, args: tuple[str, ...] = (),
-                 python: str = sys.executable, startup_timeout_s: float = 120.0):
+                 python: str = sys.executable, startup_timeout_s: float = 120.0, picker_grpc_port: int | None = None):
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(log_path)
-        self.command = [python, "-m", "aladdin", "router", "--port", str(port),
-                        *[arg for url in workers for arg in ("--worker", url)], *args]
+        if picker_grpc_port is None:
+            self.command = [python, "-m", "aladdin", "router", "--port", str(port),
+                            *[arg for url in workers for arg in ("--worker", url)], *args]
+        else:
+            self.command = [python, "-m", "aladdin", "picker", "--metrics-port", str(port),
+                            "--grpc-port", str(picker_grpc_port),
+                            *[arg for url in workers for arg in ("--worker", url.split("://", 1)[-1])], *args]
+        self.kind = self.command[3]
         self.startup_timeout_s = startup_timeout_s
         self.worker_count = len(workers)
         self._proc: subprocess.Popen | None = None
@@ -373,16 +382,16 @@ class LocalRouter:
         deadline = time.monotonic() + self.startup_timeout_s
         while not self._all_up():
             if self._proc.poll() is not None:
-                raise AladdinError(f"the router exited with code {self._proc.returncode} during start; "
+                raise AladdinError(f"the {self.kind} exited with code {self._proc.returncode} during start; "
                                    f"last lines of {self.log_path}:\n" + log_tail(self.log_path))
             if time.monotonic() > deadline:
                 self.stop()
-                raise AladdinError(f"the router did not see all {self.worker_count} workers up after "
+                raise AladdinError(f"the {self.kind} did not see all {self.worker_count} workers up after "
                                    f"{self.startup_timeout_s:.0f}s; see {self.log_path}")
             time.sleep(0.2)
 
     def metrics(self) -> str:
-        """The router's Prometheus exposition now."""
+        """Its Prometheus exposition now."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=10.0) as resp:
             return resp.read().decode()
 
@@ -396,7 +405,7 @@ class LocalRouter:
             self._proc.kill()
             self._proc.wait()
 
-    def __enter__(self) -> "LocalRouter":
+    def __enter__(self) -> "LocalFrontEnd":
         self.start()
         return self
 

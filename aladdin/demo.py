@@ -3,7 +3,8 @@
 Starts two local vLLM CPU workers (tiny Llama, dummy weights, real tokenizer) with small KV
 caches and the engine plugin, and replays one real ShareGPT schedule (Poisson arrivals) through
 the router under each placement policy (aladdin, jsq); then the same schedule on stock vLLM
-workers behind plain round robin, what a cluster without Aladdin runs. One comparison table
+workers behind plain round robin, what a cluster without Aladdin runs. ``--gateway envoy`` puts
+Envoy in front instead, asking ``aladdin picker`` (the same placement) over ext_proc. One comparison table
 (attainment, goodput, TTFT/ATGT, preemptions) and one HTML report compare the runs.
 Everything it started is stopped at the end, on error, or on Ctrl-C.
 """
@@ -21,8 +22,9 @@ from aladdin.clicommand import command
 from aladdin.errors import AladdinError
 
 DEFAULT_POLICIES = ("aladdin", "jsq")
+GATEWAYS = ("router", "envoy")
 STOCK_RUN = "stock-rr"  # stock vLLM workers, requests spread round robin (as an L4 balancer would)
-ROUTER_METRICS_FILE = "router_metrics.txt"
+FRONT_END_METRICS_FILE = "router_metrics.txt"  # the router's or the picker's /metrics at the end of a run
 CHECKOUT_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "cpu-tiny.json"
 
 
@@ -52,14 +54,17 @@ def _default_profile() -> Path | None:
 @click.option("--max-model-len", type=click.IntRange(min=256), default=2048, show_default=True)
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=_default_profile,
               help="The workers' profile (the router's and the plugin's time models). Default: profiles/cpu-tiny.json.")
+@click.option("--gateway", type=click.Choice(GATEWAYS), default="router", show_default=True,
+              help="What places the requests: the aladdin router (a proxy), or Envoy asking the endpoint picker "
+                   "(aladdin picker, over ext_proc; needs the gateway extra).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--base-port", type=click.IntRange(1024, 65535), default=8100, show_default=True,
-              help="First worker's port; the router takes the port after the last worker's.")
+              help="First worker's port; the router (or picker and Envoy) take the ports after the last worker's.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default: runs/demo-<time>).")
 @click.pass_context
 def demo(ctx, policies, stock, workers, rate, num_requests, max_output_tokens, ttft_slo, atgt_slo, slo_tiers,
-         queue_order, kv_tokens, max_model_len, profile, seed, base_port, output):
+         queue_order, kv_tokens, max_model_len, profile, gateway, seed, base_port, output):
     """Router + engine plugin on local vLLM CPU workers vs jsq and stock vLLM: SLO table and HTML report."""
     from aladdin.analysis.cli import analyze
     from aladdin.cluster import ClusterConfig
@@ -68,6 +73,10 @@ def demo(ctx, policies, stock, workers, rate, num_requests, max_output_tokens, t
 
     if profile is None:
         raise AladdinError("no profile found (profiles/cpu-tiny.json is in the project checkout); pass --profile FILE")
+    if gateway == "envoy":
+        from aladdin.gateway import envoy_binary
+
+        envoy_binary()  # missing: one clear line before anything starts
     if kv_tokens < max_model_len:
         raise AladdinError(f"--kv-tokens ({kv_tokens}) must hold one --max-model-len ({max_model_len}) request")
     policies = tuple(dict.fromkeys(policies))  # one run each
@@ -100,13 +109,13 @@ def demo(ctx, policies, stock, workers, rate, num_requests, max_output_tokens, t
                 step += 1
                 click.echo(f"[{step}/{steps}] router --policy {policy}", err=True)
                 runs.append(_routed_run(urls, router_port, ("--policy", policy, *router_args), replay, policy,
-                                        config.state_dir))
+                                        config.state_dir, gateway))
     if stock:
         step += 1
         with _Workers(replace(cluster, state_dir=output / "cluster-stock"), "stock") as urls:
             click.echo(f"[{step}/{steps}] stock vLLM, round robin", err=True)
             runs.append(_routed_run(urls, router_port, ("--policy", "rr"), replay, STOCK_RUN,
-                                    output / "cluster-stock"))
+                                    output / "cluster-stock", gateway))
     click.echo(f"analysing: HTML report {output / 'report.html'}, then the comparison table", err=True)
     ctx.invoke(analyze, runs=tuple(runs), ttft_slo=ttft_slo, atgt_slo=atgt_slo, json_path=output / "analysis.json",
                report_path=output / "report.html",
@@ -133,16 +142,28 @@ class _Workers:
         self.cluster.__exit__(*exc)
 
 
-def _routed_run(urls: list[str], router_port: int, router_args: tuple[str, ...], replay, label: str,
-                log_dir: Path) -> Path:
-    """One replay through a fresh router; the workers' counters over the run go to counters.json
-    and the router's final /metrics beside them."""
-    from aladdin.cluster import LocalRouter, server_counters
+def _routed_run(urls: list[str], port: int, args: tuple[str, ...], replay, label: str, log_dir: Path,
+                gateway: str = "router") -> Path:
+    """One replay through a fresh router (or picker behind Envoy, taking ``port`` to ``port + 3``);
+    the workers' counters over the run go to counters.json, the front end's final /metrics beside
+    them (and Envoy's access log, with each request's picked and served worker)."""
+    from aladdin.cluster import LocalFrontEnd, server_counters
 
     before = [server_counters(url) for url in urls]
-    with LocalRouter(urls, router_port, log_dir / f"router-{label}.log", router_args) as router:
-        run = replay(router.url, label)
-        (run / ROUTER_METRICS_FILE).write_text(router.metrics())  # decision latency, retries, 429s, ...
+    if gateway == "router":
+        with LocalFrontEnd(urls, port, log_dir / f"router-{label}.log", args) as router:
+            run = replay(router.url, label)
+            (run / FRONT_END_METRICS_FILE).write_text(router.metrics())  # decision latency, retries, 429s, ...
+    else:
+        from aladdin.gateway import EnvoyConfig, LocalEnvoy
+
+        picker = LocalFrontEnd(urls, port, log_dir / f"picker-{label}.log", args, picker_grpc_port=port + 1)
+        envoy = EnvoyConfig(pickers=(f"127.0.0.1:{port + 1}",), port=port + 2, admin_port=port + 3,
+                            access_log=str(log_dir / f"envoy-{label}" / "access.log"))
+        with picker, LocalEnvoy(envoy, log_dir / f"envoy-{label}") as front:
+            run = replay(front.url, label)
+            (run / FRONT_END_METRICS_FILE).write_text(picker.metrics())
+        (run / "envoy_access.log").write_text(Path(envoy.access_log).read_text())
     after = [server_counters(url) for url in urls]
     counters = {key: sum(a[key] - b[key] for a, b in zip(after, before)) for key in after[0]}
     (run / "counters.json").write_text(json.dumps({k: round(v) for k, v in counters.items()}) + "\n")

@@ -264,6 +264,10 @@ class LocalEnvoy:
         return out
 
     @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 

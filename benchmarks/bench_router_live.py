@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from aladdin.cluster import free_port_block
-from aladdin.demo import ROUTER_METRICS_FILE, STOCK_RUN
+from aladdin.demo import FRONT_END_METRICS_FILE, STOCK_RUN
 from aladdin.machine import cpu_description
 from aladdin.plugin.router.workers import parse_metrics
 
@@ -75,7 +75,7 @@ def demo(args, out: Path, policies: list[str], *extra) -> list[str]:
 def rows(folder: Path) -> dict[str, dict]:
     out = {}
     for run in json.loads((folder / "analysis.json").read_text())["runs"]:
-        metrics_file = folder / run["label"] / ROUTER_METRICS_FILE
+        metrics_file = folder / run["label"] / FRONT_END_METRICS_FILE
         lat = run["latency_s"]
         out[run["label"]] = {
             "requests": run["counts"]["requests"], "errors": run["counts"]["errors"] + run["counts"]["timeouts"],

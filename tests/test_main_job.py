@@ -62,3 +62,21 @@ def test_demo_runs_end_to_end(tmp_path):
     for cluster in ("cluster-plugin", "cluster-stock"):
         assert not (out / cluster / "state.json").exists()  # the workers were stopped
         assert (out / cluster / "worker0.log").exists()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_demo_through_envoy_and_the_picker(tmp_path):
+    """``--gateway envoy``: the same placement, asked by Envoy over ext_proc (aladdin picker)."""
+    out = tmp_path / "demo"
+    proc = aladdin("demo", "-n", "6", "--rate", "4", "--max-output-tokens", "32", "--policy", "aladdin", "--no-stock",
+                   "--gateway", "envoy", "--base-port", free_port_block(6), "--output", out, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
+    assert rows["aladdin"][1] == "6"
+    log = [json.loads(line) for line in (out / "aladdin" / "envoy_access.log").read_text().splitlines()]
+    completions = [line for line in log if line["path"] == "/v1/completions"]
+    assert len(completions) == 6 and all(line["status"] == 200 for line in completions)
+    assert all(line["picked"] == line["served"] for line in completions)  # placed by the picker, served there
+    metrics = (out / "aladdin" / "router_metrics.txt").read_text()
+    assert 'aladdin_router_requests_total{outcome="picked"} 6' in metrics

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -430,3 +431,20 @@ def test_bad_gateway_settings_are_one_line_errors():
         envoy_config(EnvoyConfig(pickers=("127.0.0.1:9002",), request_body_mode="STREAMED"))
     with pytest.raises(AladdinError, match="is not HOST:PORT"):
         envoy_config(EnvoyConfig(pickers=("nowhere",)))
+
+
+def test_gateway_cli_up_detached_then_down(tmp_path):
+    state = tmp_path / "gw"
+    port, admin = free_port(), free_port()
+    up = subprocess.run([sys.executable, "-m", "aladdin", "gateway", "up", "--picker", "127.0.0.1:9", "--port", str(port),
+                         "--admin-port", str(admin), "--detach", "--state-dir", str(state)],
+                        capture_output=True, text=True, timeout=60)  # as a user runs it: Envoy outlives it
+    assert up.returncode == 0 and f"http://127.0.0.1:{port}" in up.stdout, up.stderr
+    pid = json.loads((state / "state.json").read_text())["pid"]
+    assert Path(f"/proc/{pid}").exists()
+    runner = CliRunner()
+    result = runner.invoke(cli, ["gateway", "down", "--state-dir", str(state)])
+    assert result.exit_code == 0 and "stopped" in result.output
+    assert not Path(f"/proc/{pid}").exists()
+    result = runner.invoke(cli, ["gateway", "config", "--picker", "127.0.0.1:9002", "--failure-mode", "FailOpen"])
+    assert result.exit_code != 0 and "FailOpen needs the workers" in result.output and "Traceback" not in result.output
