@@ -178,6 +178,21 @@ def test_a_worker_that_drops_requests_before_the_first_byte_is_retried_elsewhere
     run(main())
 
 
+def test_a_worker_down_at_start_up_brings_its_own_kv_cache_when_it_joins():
+    async def main():
+        late, good = FakeWorker(kv_blocks=65), FakeWorker()  # 1024 KV tokens against 16384
+        await good.start()
+        async with router_for([late, good], start_workers=False, startup_timeout_s=0.1) as router:
+            core = router.placer.scheduler
+            assert core.worker(late.id).perf.kv.capacity_tokens == 16384  # not known yet: the best known
+            await late.start()
+            await until(lambda: router.workers.endpoints[late.id].up)
+            assert core.worker(late.id).perf.kv.capacity_tokens == 1024
+            assert core.pool.scalar("capacity")[core.worker(late.id).index] == 1024
+
+    asyncio.run(main())
+
+
 def test_a_refusing_worker_leaves_the_pool_and_rejoins_when_healthy():
     async def main():
         down, good = FakeWorker(), FakeWorker()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aladdin.errors import AladdinError
-from aladdin.plugin.core.perfmodel import PerfModel
+from aladdin.plugin.core.perfmodel import KVModel, PerfModel
 from aladdin.plugin.core.pipeline import Evaluation, Fit, Pipeline
 from aladdin.plugin.core.predictor import LengthPredictor
 from aladdin.plugin.core.queue import QUEUE_ORDERS, CentralQueue
@@ -271,6 +271,11 @@ class Scheduler:
 
     def report_kv(self, worker_id: str, kv_tokens_held: int) -> None:
         self.worker(worker_id).report_kv(kv_tokens_held)
+
+    def resize_kv(self, worker_id: str, kv: KVModel, now: float) -> list[Decision]:
+        """A worker's KV cache as it reports it; more room may place queued requests."""
+        self.worker(worker_id).set_kv(kv)
+        return self._retry(now) if len(self.queue) else []
 
     def scale_decode(self, worker_id: str, factor: float) -> None:
         """The worker's decode steps take ``factor`` x the profile's (measured by its engine)."""

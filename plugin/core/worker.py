@@ -26,13 +26,13 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from aladdin.errors import AladdinError
 from aladdin.plugin.core import kernels
-from aladdin.plugin.core.perfmodel import PerfModel
+from aladdin.plugin.core.perfmodel import KVModel, PerfModel
 from aladdin.plugin.core.request import Request, RequestStatus
 
 
@@ -224,6 +224,14 @@ class WorkerState:
             decode = self.perf.decode
             for name, base in (("dec_a", decode.a), ("dec_b", decode.b), ("dec_c", decode.c)):
                 self._pool.scalar(name)[self.index] = base * factor
+            self._changed()
+
+    def set_kv(self, kv: KVModel) -> None:
+        """The worker's real KV cache, once it reports one (it may differ from the profile's)."""
+        if kv != self.perf.kv:
+            self.perf = replace(self.perf, kv=kv)
+            self._pool.scalar("capacity")[self.index] = kv.capacity_tokens
+            self._pool.scalar("block_size")[self.index] = kv.block_size
             self._changed()
 
     def report_kv(self, kv_tokens_held: int) -> None:

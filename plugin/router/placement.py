@@ -21,7 +21,7 @@ import numpy as np
 
 from aladdin.errors import AladdinError
 from aladdin.plugin.core.lifecycle import Decision, Placement, Scheduler, SchedulerConfig, Shed
-from aladdin.plugin.core.perfmodel import PerfModel
+from aladdin.plugin.core.perfmodel import KVModel, PerfModel
 from aladdin.plugin.core.pipeline import Evaluation, Filter, Pipeline
 from aladdin.plugin.core.policies import PolicySpec
 from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig
@@ -259,6 +259,10 @@ class Placer:
 
     def report_kv(self, worker_id: str, kv_tokens_held: int) -> None:
         self.scheduler.report_kv(worker_id, kv_tokens_held)
+
+    def resize_kv(self, worker_id: str, kv: KVModel) -> None:
+        now = self.clock()
+        self._apply(self.scheduler.resize_kv(worker_id, kv, now), now)
 
     def scale_decode(self, worker_id: str, factor: float) -> None:
         self.scheduler.scale_decode(worker_id, factor)

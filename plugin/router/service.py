@@ -148,7 +148,12 @@ class PlacementService:
                 log.exception("queue retry failed")
 
     def _worker_changed(self, endpoint: Endpoint) -> None:
+        """A worker left or (re)joined; one that joins reports its KV cache anew (it may have
+        been down at start-up, or restarted with another size)."""
         assert self.placer is not None
+        info = endpoint.info
+        if endpoint.up and info is not None and info.capacity_tokens and info.block_size:
+            self.placer.resize_kv(endpoint.id, KVModel(info.block_size, info.capacity_tokens))
         self.placer.set_up(endpoint.id, endpoint.up)
 
     def _worker_state(self, endpoint: Endpoint, state: dict[str, Any] | None) -> None:
