@@ -15,7 +15,11 @@ with ``--tokenizer`` and checked against DIR/schedule.jsonl, and the simulator r
 DIR has ``server.json`` (sim_vs_real_h200.sh) with ``num_gpu_blocks_override`` (a KV-bound run),
 the simulator gets that KV cache (``--kv-tokens`` = blocks x the profile's block size). Where DIR
 has ``counters.json`` (vLLM's preemption counter over the run), the preemptions of both sides are
-compared too:
+compared too. The simulator models the engine as the real server ran it: prefix caching as
+server.json records it (else the simulator's default, vLLM's: on), async scheduling on for a
+real run (vLLM's default on GPUs; the H200 server's log says "Asynchronous scheduling is
+enabled") and off for the local worker (vLLM on CPU forces it off); ``--sim-option FLAG``
+(repeatable) adds ``aladdin simulate`` flags, e.g. ``--sim-option=--no-async-scheduling``:
 
     .venv/bin/python benchmarks/bench_sim_vs_real.py --profile profiles/h100-llama2-7b.json \
         --tokenizer /tmp/models/llama2-7b --real-run runs/real-r8 --real-run runs/real-r4 \
@@ -141,6 +145,9 @@ def compare_real_runs(args, perf) -> dict:
                         "--policy", "jsq", *flags, "--output", sim, "--label", "simulator"]
             if kv_tokens:
                 sim_args += ["--kv-tokens", kv_tokens]
+            if server and server.get("prefix_caching") is not None:
+                sim_args.append("--prefix-caching" if server["prefix_caching"] else "--no-prefix-caching")
+            sim_args += args.sim_option
             aladdin(*sim_args)
             analyze_args = ["analyze", real, sim, "--ttft-slo", args.ttft_slo, "--atgt-slo", args.atgt_slo,
                             "--json", tmp / f"a{i}.json"]
@@ -200,6 +207,8 @@ def main() -> None:
                         help="with --real-run: how the real runs were made, recorded in the output")
     parser.add_argument("--note", action="append", default=[], metavar="TEXT",
                         help="with --real-run: free text recorded in the output (e.g. which simulator code ran)")
+    parser.add_argument("--sim-option", action="append", default=[], metavar="FLAG",
+                        help="an extra 'aladdin simulate' flag (repeatable), e.g. --sim-option=--no-async-scheduling")
     parser.add_argument("--out", default="benchmarks/results/sim_vs_real.json")
     args = parser.parse_args()
 
@@ -236,7 +245,7 @@ def main() -> None:
         with LocalCluster(config) as cluster:
             aladdin("replay", "--host", cluster.urls[0], *workload, "--output", tmp / "real", "--label", "real vLLM")
         aladdin("simulate", "--profile", args.profile, "--workers", 1, "--policy", "jsq", *workload,
-                "--output", tmp / "sim", "--label", "simulator")
+                "--no-async-scheduling", *args.sim_option, "--output", tmp / "sim", "--label", "simulator")
         aladdin("analyze", tmp / "real", tmp / "sim", "--ttft-slo", args.ttft_slo, "--atgt-slo", args.atgt_slo,
                 "--json", tmp / "a.json")
         runs = json.loads((tmp / "a.json").read_text())["runs"]

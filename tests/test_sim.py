@@ -35,7 +35,8 @@ def schedule(requests: list[tuple[float, int, int]]) -> list[ScheduledRequest]:
 
 def reference(perf: PerfModel, requests: list[tuple[float, int, int]]) -> list[list[float]]:
     """One worker, stepped one iteration at a time with plain objects: the vLLM-V1 rules of
-    docs/placement.md written the obvious way. Returns each request's token times."""
+    docs/placement.md written the obvious way (synchronous scheduling, no prefix caching).
+    Returns each request's token times."""
     requests = [(arrival + perf.frontend_s, p, o) for arrival, p, o in requests]  # when the engine sees each
     bs, blocks_total = perf.kv.block_size, perf.kv.num_blocks
     pending = deque(sorted(range(len(requests)), key=lambda i: requests[i][0]))
@@ -65,21 +66,31 @@ def reference(perf: PerfModel, requests: list[tuple[float, int, int]]) -> list[l
                 used += 1
         budget = perf.max_batched_tokens - len(decoding)
         chunks = []
-        for i in running:
-            if i not in decoding and budget > 0:
+        for i in list(running):
+            if i not in decoding and budget > 0 and i in running:
                 take = min(state[i]["tok"] - state[i]["comp"], budget)
+                need = math.ceil((state[i]["comp"] + take) / bs) - state[i]["alloc"]  # blocks grow chunk by chunk
+                while need > blocks_total - used and i in running:
+                    victim = running.pop()
+                    used -= state[victim]["alloc"]
+                    state[victim].update(comp=0, alloc=0)
+                    waiting.appendleft(victim)
+                    preempted = True
+                if i not in running:
+                    break
+                state[i]["alloc"], used = state[i]["alloc"] + need, used + need
                 chunks.append((i, take, state[i]["comp"]))
                 budget -= take
         if not preempted:
             while waiting and budget > 0 and len(running) < perf.max_num_seqs:
                 i = waiting[0]
-                need = math.ceil(state[i]["tok"] / bs)
-                if need > blocks_total - used:
+                if math.ceil(state[i]["tok"] / bs) > blocks_total - used:  # the whole prompt must fit
                     break
                 waiting.popleft()
                 running.append(i)
-                state[i]["alloc"], used = need, used + need
                 take = min(state[i]["tok"], budget)
+                need = math.ceil(take / bs)
+                state[i]["alloc"], used = need, used + need
                 chunks.append((i, take, 0))
                 budget -= take
         now += perf.iteration_time(
@@ -103,6 +114,8 @@ def reference(perf: PerfModel, requests: list[tuple[float, int, int]]) -> list[l
 
 
 def run_one_worker(perf: PerfModel, requests: list[tuple[float, int, int]], **config):
+    """One worker scheduling as ``reference`` does (synchronously, no prefix caching) unless told."""
+    config = {"async_scheduling": False, "prefix_caching": False, **config}
     return simulate(schedule(requests), perf, SimConfig(num_workers=1, policy="jsq", **config))
 
 

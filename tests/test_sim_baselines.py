@@ -1,6 +1,7 @@
 """The scheduler-core refactor left the baseline policies' simulations unchanged: same seed,
 same requests.jsonl, byte for byte, as the simulator before it (hashes in
-tests/data/baseline_records.json, written by that simulator on this very workload)."""
+tests/data/baseline_records.json, written by that simulator on this very workload). That
+simulator scheduled synchronously without prefix caching, so these runs turn both off."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_baseline_records_are_unchanged(key, tmp_path):
     base = load_profile(ROOT / "profiles/cpu-tiny.json")
     perf = base if kv == "kv" else dataclasses.replace(base, kv=dataclasses.replace(base.kv, capacity_tokens=base.kv.block_size * 96))
     config = SimConfig(num_workers=4, policy=policy, ttft_slo=2.0, atgt_slo=0.1, seed=3,
-                       prefill_workers=int(prefill.removeprefix("prefill")), kv_transfer_s_per_token=1e-5)
+                       prefill_workers=int(prefill.removeprefix("prefill")), kv_transfer_s_per_token=1e-5,
+                       prefix_caching=False, async_scheduling=False)
     result = ClusterSimulator(perf, config).run(workload())
     result.write(tmp_path / "run")
     assert hashlib.sha256((tmp_path / "run/requests.jsonl").read_bytes()).hexdigest() == GOLDEN[key]

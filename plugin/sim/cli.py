@@ -46,6 +46,14 @@ from aladdin.plugin.core.queue import QUEUE_ORDERS
 @click.option("--atgt-slo", type=float, default=None, help="ATGT SLO in seconds per token (default: none).")
 @click.option("--headroom", type=float, default=None,
               help="SLO-aware policies: share of each worker's KV and ATGT budget kept free against prediction error.")
+@click.option("--prefix-caching/--no-prefix-caching", default=None,
+              help="Model vLLM's prefix cache: a request computes only the part of its prompt whose full KV "
+                   "blocks are cached (shared prefixes need prompt token ids in the workload; a preempted request "
+                   "finds its own blocks). Default: on, as vLLM.")
+@click.option("--async-scheduling/--no-async-scheduling", default=None,
+              help="Model vLLM's async scheduling: each batch is decided while the previous one runs, so an "
+                   "arrival waits one more step and a finished request holds its seat and KV one step longer. "
+                   "Default: as vLLM runs on the profile's hardware: on for a GPU, off for a CPU.")
 @click.option("--oracle-lengths", is_flag=True, help="Place with the true output lengths instead of predictions.")
 @click.option("--predictor-quantile", type=float, default=None,
               help="Predict this quantile of similar prompts' output lengths (default: their mean).")
@@ -54,8 +62,8 @@ from aladdin.plugin.core.queue import QUEUE_ORDERS
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
 def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, kv_tokens, policy,
-             queue_order, ttft_slo, atgt_slo, headroom, oracle_lengths, predictor_quantile, default_output_tokens,
-             output, label, **workload_flags):
+             queue_order, ttft_slo, atgt_slo, headroom, prefix_caching, async_scheduling, oracle_lengths,
+             predictor_quantile, default_output_tokens, output, label, **workload_flags):
     """Simulate a cluster of vLLM workers serving a workload under a placement policy."""
     from aladdin.plugin.core.policies import parse_policy
     from aladdin.plugin.core.predictor import PredictorConfig
@@ -91,13 +99,16 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
         gpus_per_worker=gpus_per_worker,
         prefill_workers=prefill_workers,
         kv_transfer_s_per_token=kv_transfer_us_per_token * 1e-6,
+        **{name: value for name, value in (("prefix_caching", prefix_caching), ("async_scheduling", async_scheduling))
+           if value is not None},  # unset: SimConfig's defaults
     )
     config.validate()
     schedule = make_schedule(prompts=False)  # token counts are all it needs: no tokenizer unless ShareGPT
     pools = f"{prefill_workers} prefill + {workers} decode" if prefill_workers else str(workers)
     click.echo(f"simulating {len(schedule)} requests over {schedule[-1].offset:.1f}s on {pools} workers ({policy}, "
                f"{perf.kv.capacity_tokens} KV tokens each)", err=True)
-    result = ClusterSimulator(perf, config, spec).run(schedule)
+    simulator = ClusterSimulator(perf, config, spec)
+    result = simulator.run(schedule)
     params = {
         "workload": asdict(workload),
         "profile": str(profile_path),
@@ -109,6 +120,8 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
         "policy": spec.name,
         "policy_spec": spec.to_dict(),
         "queue": queue_order,
+        "prefix_caching": config.prefix_caching,
+        "async_scheduling": simulator.async_scheduling,
         "ttft_slo": config.ttft_slo,
         "atgt_slo": config.atgt_slo,
         "oracle_lengths": oracle_lengths,

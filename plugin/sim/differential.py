@@ -7,8 +7,8 @@ The same synthetic requests go to
   the model runner: every scheduled request whose prompt is done gets its next token, a
   partial prefill chunk gets none; no model runs;
 - one worker of the cluster simulator (``ClusterSimulator``, one engine, the ``rr`` policy so
-  every request is placed at once), with decode runs cut to one iteration so every step is
-  observable.
+  every request is placed at once, the case's prefix caching and async scheduling, the prompts'
+  token ids in the schedule), with decode runs cut to one iteration so every step is observable.
 
 Both run on a unit clock (every step takes 1 s; the simulator's worker gets a PerfModel whose
 every iteration costs exactly 1 s), so arrivals land in the same step on both sides. After every
@@ -82,21 +82,14 @@ class Step:
     preempted: tuple[str, ...]  # victims, in the order they were preempted
     kv_blocks: int  # allocated blocks, null block excluded
     waiting: tuple[str, ...]  # the waiting queue, head first
-    # Of kv_blocks, those reserved for prompt tokens no chunk has reached yet (the simulator
-    # reserves a whole prompt at admission; vLLM allocates chunk by chunk, so 0 there).
-    kv_reserved_ahead: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"scheduled": dict(self.scheduled), "preempted": list(self.preempted),
-               "kv_blocks": self.kv_blocks, "waiting": list(self.waiting)}
-        if self.kv_reserved_ahead:
-            out["kv_reserved_ahead"] = self.kv_reserved_ahead
-        return out
+        return {"scheduled": dict(self.scheduled), "preempted": list(self.preempted),
+                "kv_blocks": self.kv_blocks, "waiting": list(self.waiting)}
 
 
-def _step(scheduled: dict[str, int], preempted: Sequence[str], kv_blocks: int, waiting: Sequence[str],
-          ahead: int = 0) -> Step:
-    return Step(tuple(sorted(scheduled.items())), tuple(preempted), int(kv_blocks), tuple(waiting), int(ahead))
+def _step(scheduled: dict[str, int], preempted: Sequence[str], kv_blocks: int, waiting: Sequence[str]) -> Step:
+    return Step(tuple(sorted(scheduled.items())), tuple(preempted), int(kv_blocks), tuple(waiting))
 
 
 def prompt_token_ids(req: Req, index: int) -> list[int]:
@@ -187,6 +180,7 @@ def drive_vllm(case: Case, model_dir: str | None = None) -> tuple[list[Step], in
     now = 0.0
     gpu_free = 0.0  # when the batch in flight ends
     ties = 0
+    victims: list[str] = []
     for _ in range(MAX_STEPS):
         if not pending and not scheduler.has_requests() and not batches:
             return steps, ties
@@ -201,12 +195,13 @@ def drive_vllm(case: Case, model_dir: str | None = None) -> tuple[list[Step], in
             samples = {rid: not scheduler.requests[rid].is_prefill_chunk for rid in output.num_scheduled_tokens}
             executed = output.total_num_scheduled_tokens > 0
             end = max(now, gpu_free) + 1.0 if executed else max(now, gpu_free)
-            if executed:
+            victims += _preempted_in_order(scheduler, output.preempted_req_ids or ())
+            if executed:  # an empty batch is no step; its victims count with the next one
                 gpu_free = end
                 waiting = [r.request_id for r in scheduler.waiting]
-                preempted = [r for r in output.preempted_req_ids] if output.preempted_req_ids else []
-                steps.append(_step(dict(output.num_scheduled_tokens), _preempted_in_order(scheduler, preempted),
+                steps.append(_step(dict(output.num_scheduled_tokens), victims,
                                    usable - pool.get_num_free_blocks(), waiting))
+                victims = []
             batches.appendleft((output, samples, end))
             if len(batches) < queue_size and (executed or scheduler.has_requests()):
                 continue
@@ -238,8 +233,9 @@ class SteppedSimulator(ClusterSimulator):
     the fast path takes in one go; tests check both give the same token times).
     """
 
-    def __init__(self, perf: PerfModel):
-        super().__init__(perf, SimConfig(num_workers=1, policy="rr", oracle_lengths=True))
+    def __init__(self, perf: PerfModel, *, prefix_caching: bool = False, async_scheduling: bool = False):
+        super().__init__(perf, SimConfig(num_workers=1, policy="rr", oracle_lengths=True,
+                                         prefix_caching=prefix_caching, async_scheduling=async_scheduling))
         self.steps: list[Step] = []
         self._victims: list[str] = []
 
@@ -252,31 +248,29 @@ class SteppedSimulator(ClusterSimulator):
 
     def _start_run(self, worker: _Worker, now: float, count: int, first: float, step: float,
                    chunks: list[tuple[int, int]] | None) -> None:
-        ids, bs = self.ids, self.block_size
+        ids = self.ids
         scheduled = {ids[i]: 1 for i in worker.running if self.decoding[i]}
         blocks = worker.blocks_used
-        ahead = 0
         if chunks is None:  # a decode run: its blocks are counted when it ends
-            blocks += worker.phase[worker.iterations % bs]
+            blocks += worker.phase[worker.iterations % self.block_size]
         else:
-            taken = dict(chunks)
             for i, take in chunks:
                 scheduled[ids[i]] = scheduled.get(ids[i], 0) + take
-            for i in worker.prefilling:  # reserved at admission, beyond what its chunks reached
-                ahead += self.reserved[i] - -(-(self.computed[i] + taken.get(i, 0)) // bs)
-        self.steps.append(_step(scheduled, self._victims, blocks, [ids[i] for i in worker.waiting], ahead))
+        self.steps.append(_step(scheduled, self._victims, blocks, [ids[i] for i in worker.waiting]))
         self._victims = []
         super()._start_run(worker, now, count, first, step, chunks)
 
 
 def schedule_of(case: Case) -> list[ScheduledRequest]:
-    return [ScheduledRequest(r.id, r.arrival, RequestSpec("x", r.prompt, r.output, None, None, f"s{k}"))
+    """The case's requests, with their prompt token ids (what prefix caching matches on)."""
+    return [ScheduledRequest(r.id, r.arrival, RequestSpec("x", r.prompt, r.output, None,
+                                                          tuple(prompt_token_ids(r, k)), f"s{k}"))
             for k, r in enumerate(case.requests)]
 
 
 def run_sim(case: Case) -> list[Step]:
-    """The simulator's steps for ``case`` (prefix caching and async scheduling are not modelled)."""
-    sim = SteppedSimulator(case.perf())
+    """The simulator's steps for ``case``, with the case's prefix caching and async scheduling."""
+    sim = SteppedSimulator(case.perf(), prefix_caching=case.prefix_caching, async_scheduling=case.async_scheduling)
     sim.run(schedule_of(case))
     return sim.steps
 
@@ -293,8 +287,6 @@ class Comparison:
     field_agreement: dict[str, float]
     first_divergence: dict[str, Any] | None
     differences: list[dict[str, Any]] = field(default_factory=list)  # the first few differing steps
-    # kv_blocks agreement once the simulator's whole-prompt reservation is taken out
-    kv_agreement_chunkwise: float = 1.0
     # agreement with vLLM's steps one later (async scheduling decides each batch a step early)
     agreement_vllm_one_step_later: float | None = None
 
@@ -310,7 +302,6 @@ class Comparison:
         return {"case": self.case, "steps": self.steps, "vllm_steps": self.vllm_steps, "sim_steps": self.sim_steps,
                 "agreeing_steps": self.agreeing_steps, "agreement": round(self.agreement, 4),
                 "field_agreement": {k: round(v, 4) for k, v in self.field_agreement.items()},
-                "kv_agreement_chunkwise": round(self.kv_agreement_chunkwise, 4),
                 "agreement_vllm_one_step_later": (None if self.agreement_vllm_one_step_later is None
                                                   else round(self.agreement_vllm_one_step_later, 4)),
                 "first_divergence": self.first_divergence, "differences": self.differences}
@@ -339,9 +330,7 @@ def compare(name: str, vllm: Sequence[Step], sim: Sequence[Step], keep: int = 5)
         if len(differences) < keep:
             differences.append(entry)
     shares = {f: (agree[f] / steps if steps else 1.0) for f in FIELDS}
-    chunkwise = sum(1 for a, b in zip(vllm, sim) if a.kv_blocks == b.kv_blocks - b.kv_reserved_ahead)
-    return Comparison(name, len(vllm), len(sim), agreeing, shares, first, differences,
-                      kv_agreement_chunkwise=chunkwise / steps if steps else 1.0)
+    return Comparison(name, len(vllm), len(sim), agreeing, shares, first, differences)
 
 
 def run_case(case: Case, model_dir: str | None = None) -> Comparison:
@@ -410,19 +399,32 @@ def default_cases() -> list[Case]:
              note="long prompts chunked 32 tokens at a time on a tight cache: a request preempted mid-prefill"),
         Case("random_roomy", tuple(_random_requests(40, seed=2)), num_blocks=400, max_num_seqs=16,
              max_batched_tokens=256, note="40 random requests with KV to spare"),
+        Case("random_kv_pressure_async", tuple(_random_requests(40, seed=1)), num_blocks=40, max_num_seqs=6,
+             max_batched_tokens=96, async_scheduling=True,
+             note="random_kv_pressure under AsyncScheduler: preemptions while a batch is in flight"),
+        Case("random_shared_prefixes_gpu_defaults",
+             tuple(_random_requests(40, seed=3, rate=1.0, max_prompt=250, shared_prefixes=(0, 16, 48, 100))),
+             num_blocks=40, max_num_seqs=6, max_batched_tokens=64, prefix_caching=True, async_scheduling=True,
+             note="random prompts sharing prefixes on a tight cache, with vLLM's GPU defaults (prefix caching "
+                  "and async scheduling): hits, evictions and recompute from cached blocks"),
     ]
     return cases
 
 
-def _random_requests(n: int, seed: int, rate: float = 0.7, max_prompt: int = 200, max_output: int = 40) -> list[Req]:
-    """Reproducible random requests; arrival times are random reals, so none falls on a step boundary."""
+def _random_requests(n: int, seed: int, rate: float = 0.7, max_prompt: int = 200, max_output: int = 40,
+                     shared_prefixes: Sequence[int] = ()) -> list[Req]:
+    """Reproducible random requests; arrival times are random reals, so none falls on a step
+    boundary. With ``shared_prefixes``, each request shares a prefix of one of those lengths
+    (cut to its prompt) with the others."""
     import random
 
     rng = random.Random(seed)
     t, out = 0.0, []
     for i in range(n):
         t += rng.expovariate(rate)
-        out.append(Req(f"r{i:02d}", round(t, 6), rng.randint(1, max_prompt), rng.randint(1, max_output)))
+        prompt, output = rng.randint(1, max_prompt), rng.randint(1, max_output)
+        shared = min(prompt, rng.choice(shared_prefixes)) if shared_prefixes else 0
+        out.append(Req(f"r{i:02d}", round(t, 6), prompt, output, shared))
     return out
 
 

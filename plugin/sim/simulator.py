@@ -3,19 +3,24 @@
 Each worker runs continuous batching like vLLM V1's scheduler: every iteration first gives
 each running request its next token (its decode), then prefill chunks to running requests
 still prefilling and to waiting requests in FCFS order, up to ``max_batched_tokens`` tokens
-and ``max_num_seqs`` running requests. KV blocks are allocated as contexts grow (a new
-request reserves its whole prompt); when a decode needs a block and none is free, the newest
-running request is preempted: its blocks are freed and it goes back to the front of the
-waiting queue, to re-prefill prompt + generated tokens (recompute). Requests that arrive at
-the same instant all reach an idle worker before it plans its first iteration, as vLLM's loop
-takes every pending input before a step. Iteration times come from the worker's PerfModel.
-How this compares with vLLM's own scheduler, step by step: docs/simulator.md.
+and ``max_num_seqs`` running requests. A waiting request is admitted only if its whole
+prompt fits the free KV blocks (vLLM's ``scheduler_reserve_full_isl``), but blocks are
+allocated chunk by chunk as the prompt is computed, and one at a time as decodes grow; when a
+request needs a block and none is free, the newest running request is preempted: its blocks
+are freed and it goes back to the front of the waiting queue, to re-prefill prompt +
+generated tokens (recompute). Requests that arrive at the same instant all reach an idle
+worker before it plans its first iteration, as vLLM's loop takes every pending input before a
+step. Iteration times come from the worker's PerfModel. Two vLLM options, both on by default
+as on a GPU (SimConfig): prefix caching (plugin/sim/prefix_cache.py: a request computes only
+what is not cached) and async scheduling (each batch is decided while the previous one runs:
+an arrival waits one more step, a finished request holds its seat and blocks one step
+longer). How this compares with vLLM's own scheduler, step by step: docs/simulator.md.
 
 Speed: an iteration is only simulated one at a time while something is prefilling. A run of
 pure decode iterations has a fixed batch, so its iteration times form an arithmetic series:
 the worker jumps straight to the next moment something changes (a request finishes, reaches
 its predicted length, or KV runs out), and an arrival cuts the run at the first iteration
-boundary after it. Token times are never stored per token: each worker logs its runs
+boundary after it (with async scheduling, one iteration later). Token times are never stored per token: each worker logs its runs
 (start, iterations, first time, increment) and each request the contiguous range of its
 worker's iterations it streamed in, and the times are materialized at the end.
 
@@ -46,6 +51,13 @@ from aladdin.plugin.core.perfmodel import PerfModel
 from aladdin.plugin.core.policies import PolicySpec, named_policy
 from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig, prediction_errors
 from aladdin.plugin.core.request import Request
+from aladdin.plugin.sim.prefix_cache import PrefixCache, prompt_block_keys
+
+
+def engine_async_scheduling(perf: PerfModel) -> bool:
+    """Whether vLLM schedules asynchronously where the profile was measured: on a GPU by default,
+    never on a CPU (vLLM's CPU platform turns it off)."""
+    return not str(perf.meta.get("hardware", "")).upper().startswith("CPU")
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,12 @@ class SimConfig:
     error_feedback: bool = True  # per-worker prediction error inflates that worker's forecasts
     headroom: float = 0.0  # of the named policy (its KV and ATGT filters)
     queue: str = "fcfs"  # central queue order: fcfs or edf
+    # vLLM's defaults: a request computes only the part of its prompt (or of its recompute)
+    # whose full blocks are not cached; on a GPU each batch is scheduled while the one before it
+    # runs (AsyncScheduler), so it sees arrivals and finishes one step late. None: as vLLM runs
+    # on the profile's hardware (``engine_async_scheduling``: off on a CPU, which forces it off).
+    prefix_caching: bool = True
+    async_scheduling: bool | None = None
 
     @property
     def split_phase(self) -> bool:
@@ -101,9 +119,11 @@ class _Worker:
         "index", "id", "running", "prefilling", "waiting", "n_decode", "context_base", "phase",
         "finishes", "blocks_used", "iterations", "log_start", "log_count", "log_first",
         "log_step", "busy", "t0", "count", "first", "step", "chunks", "seq", "prefill_only", "pending_prefill",
+        "arriving", "finishing", "cache",
     )
 
-    def __init__(self, index: int, worker_id: str, block_size: int, prefill_only: bool = False):
+    def __init__(self, index: int, worker_id: str, block_size: int, num_blocks: int, prefill_only: bool = False,
+                 prefix_caching: bool = False):
         self.index = index
         self.id = worker_id
         self.prefill_only = prefill_only  # split-phase prefill pool: hands requests off after their first token
@@ -111,6 +131,13 @@ class _Worker:
         self.running: dict[int, None] = {}  # admission order; the newest is preempted first
         self.prefilling: list[int] = []  # running requests still computing their prompt (or recomputing)
         self.waiting: deque[int] = deque()
+        # Async scheduling: requests placed while a batch was being decided or ran, each with
+        # the worker iterations completed when a plan first sees it; and the requests that
+        # finished in the run that just ended, still running (holding their seats and blocks)
+        # while the next batch is planned.
+        self.arriving: deque[tuple[int, int]] = deque()
+        self.finishing: list[int] = []
+        self.cache = PrefixCache(num_blocks) if prefix_caching else None
         self.n_decode = 0
         self.context_base = 0
         self.phase = [0] * block_size
@@ -359,10 +386,15 @@ class ClusterSimulator:
         self._frontend = perf.frontend_s  # a request reaches its engine this long after it arrives
         self.num_blocks = perf.kv.num_blocks
         width = len(str(config.num_workers - 1))
-        self.decode_workers = [_Worker(i, f"w{i:0{width}d}", self.block_size) for i in range(config.num_workers)]
+        self.prefix_caching = config.prefix_caching
+        self.async_scheduling = (engine_async_scheduling(perf) if config.async_scheduling is None
+                                 else config.async_scheduling)
+        self.decode_workers = [_Worker(i, f"w{i:0{width}d}", self.block_size, self.num_blocks,
+                                       prefix_caching=self.prefix_caching) for i in range(config.num_workers)]
         width = len(str(config.prefill_workers - 1))
         self.prefill_pool = [
-            _Worker(config.num_workers + i, f"p{i:0{width}d}", self.block_size, prefill_only=True)
+            _Worker(config.num_workers + i, f"p{i:0{width}d}", self.block_size, self.num_blocks, prefill_only=True,
+                    prefix_caching=self.prefix_caching)
             for i in range(config.prefill_workers)
         ]
         self.workers = self.decode_workers + self.prefill_pool  # by index
@@ -413,7 +445,9 @@ class ClusterSimulator:
         self.decoding = [False] * n
         self.computed = [0] * n  # prefilling: tokens computed so far
         self.target = [0] * n  # prefilling: tokens to compute (prompt + generated at admission)
-        self.reserved = [0] * n  # prefilling: KV blocks reserved at admission
+        # prefix caching: the keys of each prompt's full blocks (none without token ids)
+        self.prompt_keys = [prompt_block_keys(r.spec.prompt_token_ids, self.prompt[i], self.block_size)
+                            for i, r in enumerate(schedule)] if self.prefix_caching else None
         self.span_start = [0] * n  # decoding: the worker iteration of the current span's first token
         self.assigned = [-1] * n
         self.preemptions = [0] * n
@@ -485,10 +519,7 @@ class ClusterSimulator:
         still to compute (placement policies choose decode workers only)."""
         worker = min(self.prefill_pool, key=lambda w: (w.pending_prefill, w.index))
         worker.pending_prefill += self.prompt[i]
-        self.assigned[i] = worker.index
-        worker.waiting.append(i)
-        if not worker.busy:
-            self._plan_idle(worker, now)
+        self._enqueue(worker, i, now)
 
     def _plan_idle(self, worker: _Worker, now: float) -> None:
         """Plan an idle worker that was just given a request, or, while the other arrivals of
@@ -502,20 +533,23 @@ class ClusterSimulator:
             self._states[worker.index].report_kv(self._first_admissions_blocks(worker) * self.block_size)
 
     def _first_admissions_blocks(self, worker: _Worker) -> int:
-        """KV blocks an idle worker reserves when it plans: those of the queued requests its
-        first iteration admits (the admission loop of ``_plan_iteration``, on an empty worker)."""
+        """KV blocks an idle worker allocates when it plans: those of the first chunks of the
+        queued requests its first iteration admits (the admission loop of ``_plan_iteration``,
+        on an empty worker, not counting prefix-cache hits)."""
+        bs = self.block_size
         free, budget, admitted, blocks = self.num_blocks, self.perf.max_batched_tokens, 0, 0
         for i in worker.waiting:
             if budget <= 0 or admitted >= self.perf.max_num_seqs:
                 break
             tokens = self.prompt[i] + self.gen[i]
-            need = -(-tokens // self.block_size)
-            if need > free:
+            if -(-tokens // bs) > free:
                 break
-            free -= need
-            blocks += need
+            take = min(tokens - self.kv_ready[i], budget)
+            chunk = -(-(self.kv_ready[i] + take) // bs)
+            free -= chunk
+            blocks += chunk
             admitted += 1
-            budget -= min(tokens - self.kv_ready[i], budget)
+            budget -= take
         return blocks
 
     def _hand_off(self, worker: _Worker, i: int, iteration: int, now: float) -> None:
@@ -523,7 +557,7 @@ class ClusterSimulator:
         send it to the decode pool once its KV has moved (unless that token was its last)."""
         worker.prefilling.remove(i)
         del worker.running[i]
-        worker.blocks_used -= self.reserved[i]
+        self._free_kv(worker, i, self.computed[i])
         self.first_token[i] = now
         self._spans.append((i, worker.index, iteration, 1))
         self.gen[i] = 1
@@ -538,21 +572,37 @@ class ClusterSimulator:
             heapq.heappush(self._handoffs, (now + self.config.kv_transfer_s_per_token * self.prompt[i], i))
 
     def _place(self, i: int, worker: _Worker, now: float) -> None:
+        self._enqueue(worker, i, now)
+
+    def _enqueue(self, worker: _Worker, i: int, now: float) -> None:
+        """Queue request ``i`` on ``worker`` for its next plan; with async scheduling, a worker
+        that is deciding or running a batch sees it one batch later (vLLM decides batch k+1
+        when batch k starts)."""
         self.assigned[i] = worker.index
+        handling = worker is self._handling
+        if self.async_scheduling and (worker.busy or handling):
+            # the plan after the batch being decided sees it; mid-run, the plan after the batch
+            # that starts at the first iteration boundary after ``now``
+            seen = worker.iterations + 1 + (0 if handling else self._boundary(worker, now))
+            worker.arriving.append((seen, i))
+            if not handling and worker.chunks is None and not worker.waiting and len(worker.running) < self.perf.max_num_seqs:
+                self._shorten_run(worker, seen - worker.iterations)
+            return
         worker.waiting.append(i)
-        if worker is self._handling:
+        if handling:
             return  # its next run is planned right after
         if not worker.busy:
             self._plan_idle(worker, now)
         elif worker.chunks is None and len(worker.waiting) == 1 and len(worker.running) < self.perf.max_num_seqs:
-            self._cut_run(worker, now)  # otherwise the run already ignored a blocked queue head
+            # otherwise the run already ignored a blocked queue head
+            self._shorten_run(worker, max(self._boundary(worker, now), 1))
 
-    def _cut_run(self, worker: _Worker, now: float) -> None:
-        """End a pure decode run at the first iteration boundary at or after ``now``."""
+    def _boundary(self, worker: _Worker, now: float) -> int:
+        """The iterations of the run in flight up to the first boundary at or after ``now``."""
         wanted = now - worker.t0
         if wanted <= 0:
-            count = 1
-        elif worker.step == 0:
+            return 0
+        if worker.step == 0:
             count = math.ceil(wanted / worker.first)
         else:
             half = worker.step / 2.0
@@ -563,9 +613,44 @@ class ClusterSimulator:
             count -= 1
         while count < worker.count and worker.elapsed(count) < wanted:
             count += 1
+        return count
+
+    def _shorten_run(self, worker: _Worker, count: int) -> None:
+        """End the pure decode run in flight after ``count`` iterations, if it was longer."""
         if count < worker.count:
             worker.count = count
             self._schedule_end(worker)
+
+    # ------------------------------------------------------------------ KV blocks
+
+    def _admission_need(self, worker: _Worker, i: int, tokens: int, free: int) -> tuple[int, list]:
+        """Free blocks request ``i`` needs to be admitted for ``tokens`` (its whole prompt must
+        fit, vLLM's ``scheduler_reserve_full_isl``), and the cached blocks it starts from."""
+        blocks = -(-tokens // self.block_size)
+        if worker.cache is None or self.kv_ready[i]:
+            return blocks, []
+        hits = worker.cache.hits(i, self.prompt_keys[i], tokens, self.block_size, free)
+        return blocks - len(hits) + sum(1 for block in hits if not block.ref), hits
+
+    def _allocate_chunk(self, worker: _Worker, i: int, done: int, take: int, held: int) -> None:
+        """Request ``i`` computes tokens ``done`` to ``done + take`` and holds ``held`` blocks:
+        allocate the blocks the chunk reaches (and cache the prompt blocks it fills)."""
+        worker.blocks_used += -(-(done + take) // self.block_size) - held
+        if worker.cache is not None:
+            worker.cache.computed(i, self.prompt_keys[i], done, done + take, self.block_size,
+                                  self.num_blocks - worker.blocks_used)
+
+    def _free_kv(self, worker: _Worker, i: int, kv_tokens: int, cached_tokens: int | None = None,
+                 preempted: bool = False) -> None:
+        """Request ``i`` leaves the worker holding ``kv_tokens`` tokens of KV: free its blocks
+        (with prefix caching, the full blocks of its first ``cached_tokens``, default all, stay
+        cached until evicted; a preempted request may find its own again)."""
+        if worker.cache is None:
+            worker.blocks_used -= -(-kv_tokens // self.block_size)
+        else:
+            worker.blocks_used -= worker.cache.release(
+                i, kv_tokens, kv_tokens if cached_tokens is None else cached_tokens, self.block_size,
+                self.num_blocks - worker.blocks_used, findable=preempted)
 
     # ------------------------------------------------------------------ planning runs
 
@@ -582,9 +667,40 @@ class ClusterSimulator:
 
     def _plan(self, worker: _Worker, now: float) -> None:
         """Plan the worker's next run; the scheduler then sees its KV in use (block ledger)."""
-        self._plan_run(worker, now)
+        if self.async_scheduling:
+            self._plan_async(worker, now)
+        else:
+            self._plan_run(worker, now)
         if not worker.prefill_only:
             self._states[worker.index].report_kv(worker.blocks_used * self.block_size)
+
+    def _plan_async(self, worker: _Worker, now: float) -> None:
+        """AsyncScheduler: the next batch was decided when the batch that just ended started,
+        so it sees only requests queued by then, and the requests that just finished still
+        hold their seats and blocks (freed right after). A worker that could run nothing decides
+        again once the batch in flight is done, seeing everything (vLLM's empty step)."""
+        arriving = worker.arriving
+        while arriving and arriving[0][0] <= worker.iterations:
+            worker.waiting.append(arriving.popleft()[1])
+        self._plan_run(worker, now)
+        if worker.finishing:
+            if worker.cache is not None and worker.busy and worker.chunks is None:
+                # the decode run just planned takes its first blocks before the finished requests
+                # free theirs (a run counts its blocks when it ends)
+                worker.cache.settle(self.num_blocks - worker.blocks_used - worker.phase[worker.iterations % self.block_size])
+            finished, worker.finishing = worker.finishing, []
+            self._handling = worker  # what the scheduler places meanwhile waits for a later plan
+            for i in finished:
+                self._finish(worker, i, now)
+            self._handling = None
+            if worker.busy and worker.chunks is None and self._can_admit(worker, self.num_blocks - worker.blocks_used):
+                self._shorten_run(worker, 1)  # the seats and blocks freed admit the queue head next
+        if not worker.busy and (worker.waiting or arriving):
+            worker.waiting.extend(i for _, i in arriving)
+            arriving.clear()
+            self._plan_run(worker, now)
+        if arriving and worker.chunks is None and not worker.waiting and len(worker.running) < self.perf.max_num_seqs:
+            self._shorten_run(worker, arriving[0][0] - worker.iterations)
 
     def _plan_run(self, worker: _Worker, now: float) -> None:
         """Choose the worker's next run: a stretch of pure decode iterations, or one mixed iteration."""
@@ -602,10 +718,12 @@ class ClusterSimulator:
         self._plan_iteration(worker, now)
 
     def _can_admit(self, worker: _Worker, free: int) -> bool:
+        """Whether the queue head can be admitted now. While only decodes run, what it needs
+        never shrinks (evictions only lose hits), so a decode run may ignore it until it ends."""
         if not worker.waiting or len(worker.running) >= self.perf.max_num_seqs:
             return False
         head = worker.waiting[0]
-        return -(-(self.prompt[head] + self.gen[head]) // self.block_size) <= free
+        return self._admission_need(worker, head, self.prompt[head] + self.gen[head], free)[0] <= free
 
     def _decode_run_length(self, worker: _Worker, free: int) -> int:
         """Decode iterations until a request finishes, reaches its prediction, or KV runs out."""
@@ -633,7 +751,8 @@ class ClusterSimulator:
         return min(run, count)
 
     def _plan_iteration(self, worker: _Worker, now: float) -> None:
-        """One vLLM-V1 scheduler step: decodes (preempting on KV shortage), then prefill chunks."""
+        """One vLLM-V1 scheduler step: decodes, then the running prefill's chunk (each
+        preempting the newest request while its blocks do not fit), then new chunks."""
         perf = self.perf
         bs = self.block_size
         slot = worker.iterations % bs
@@ -642,43 +761,55 @@ class ClusterSimulator:
             self._preempt_newest(worker)
             preempted = True
         worker.blocks_used += worker.phase[slot]
-        free = self.num_blocks - worker.blocks_used
         n_decode = worker.n_decode
         budget = perf.max_batched_tokens - n_decode
         prefill = perf.prefill
         chunks: list[tuple[int, int]] = []
         work = 0.0
         has_prefill = False
-        for r in worker.prefilling:
+        for r in list(worker.prefilling):
             if budget <= 0:
                 break
             done = self.computed[r]
             take = min(self.target[r] - done, budget)
+            held = -(-done // bs)
+            while -(-(done + take) // bs) - held > self.num_blocks - worker.blocks_used and r in worker.running:
+                self._preempt_newest(worker)
+                preempted = True
+            if r not in worker.running:
+                break  # it preempted itself: vLLM schedules nothing after it
+            self._allocate_chunk(worker, r, done, take, held)
             chunks.append((r, take))
             work += prefill.a * take + prefill.q * take * (2 * done + take)
             has_prefill = True
             budget -= take
         if not preempted or (n_decode == 0 and not chunks):
             waiting = worker.waiting
+            stale = []  # async scheduling: preempted after its last token, it only waits to finish
             while waiting and budget > 0 and len(worker.running) < perf.max_num_seqs:
                 head = waiting[0]
+                if head in worker.finishing:
+                    stale.append(waiting.popleft())
+                    continue
                 tokens = self.prompt[head] + self.gen[head]
-                blocks = -(-tokens // bs)
-                if blocks > free:
+                need, hits = self._admission_need(worker, head, tokens, self.num_blocks - worker.blocks_used)
+                if need > self.num_blocks - worker.blocks_used:
                     break
                 waiting.popleft()
-                done = self._admit(worker, head, tokens, blocks)
-                free -= blocks
+                done = self._admit(worker, head, tokens, hits)
                 take = min(tokens - done, budget)
+                self._allocate_chunk(worker, head, done, take, len(hits))
                 chunks.append((head, take))
-                if done:  # its KV came from a prefill worker: only its last token is new, a decode step
+                if self.kv_ready[head]:  # its KV came from a prefill worker: only its last token is new, a decode step
                     work += perf.decode.a + perf.decode.b * tokens
+                    self.kv_ready[head] = 0
                 else:
-                    work += prefill.a * take + prefill.q * take * take
+                    work += prefill.a * take + prefill.q * take * (2 * done + take)
                     has_prefill = True
                 budget -= take
+            waiting.extendleft(reversed(stale))
         if n_decode == 0 and not chunks:
-            worker.busy = False  # nothing can run; cannot happen for requests that fit the cache
+            worker.busy = False  # nothing can run now (async scheduling: seats and blocks not yet freed)
             return
         self._start_run(worker, now, 1, self._iteration_time(worker, n_decode, work, has_prefill), 0.0, chunks)
 
@@ -694,16 +825,18 @@ class ClusterSimulator:
         context = worker.context_base + n_decode * worker.iterations
         return decode.a * n_decode + decode.b * context + prefill_work + decode.c
 
-    def _admit(self, worker: _Worker, i: int, tokens: int, blocks: int) -> int:
-        """Admit request ``i`` to compute ``tokens``; returns how many it already holds (its
-        KV came from a split-phase prefill worker; a later preemption recomputes them all)."""
+    def _admit(self, worker: _Worker, i: int, tokens: int, hits: list) -> int:
+        """Admit request ``i`` to compute ``tokens``, starting from the cached blocks ``hits``;
+        returns how many tokens it already holds (cached, or its KV came from a split-phase
+        prefill worker; a later preemption recomputes what is no longer cached)."""
         worker.running[i] = None
         worker.prefilling.append(i)
-        done = self.computed[i] = self.kv_ready[i]
-        self.kv_ready[i] = 0
+        done = self.kv_ready[i]
+        if hits:
+            worker.blocks_used += worker.cache.touch(i, hits, self.prompt_keys[i])
+            done = len(hits) * self.block_size
+        self.computed[i] = done
         self.target[i] = tokens
-        self.reserved[i] = blocks
-        worker.blocks_used += blocks
         return done
 
     def _preempt_newest(self, worker: _Worker) -> None:
@@ -713,10 +846,19 @@ class ClusterSimulator:
         if self.decoding[i]:
             generated = self._stop_decoding(worker, i)
             self.gen[i] = generated
-            worker.blocks_used -= -(-(self.prompt[i] + generated - 1) // self.block_size)
+            kv_tokens = self.prompt[i] + generated - 1
+            # async scheduling: the batch in flight computes its last token, whose block vLLM
+            # caches only when that batch's output comes back to a running request
+            self._free_kv(worker, i, kv_tokens, kv_tokens - self.async_scheduling, preempted=True)
+        elif i in worker.finishing:  # async scheduling: vLLM preempts it too; it finishes as its last batch returns
+            kv_tokens = self.prompt[i] + self.out[i] - 1
+            self._free_kv(worker, i, kv_tokens, kv_tokens - 1)
+            self.preemptions[i] += 1
+            worker.waiting.appendleft(i)
+            return
         else:
             worker.prefilling.remove(i)
-            worker.blocks_used -= self.reserved[i]
+            self._free_kv(worker, i, self.computed[i], preempted=True)
         self.preemptions[i] += 1
         worker.waiting.appendleft(i)
         if not worker.prefill_only:
@@ -795,16 +937,28 @@ class ClusterSimulator:
         return cycles * worker.n_decode + sum(phase[(offset + j) % bs] for j in range(rest))
 
     def _retire(self, worker: _Worker, now: float) -> None:
+        """Take finished requests out of the batch; free them now, or (async scheduling) once
+        the next batch is planned."""
         finishes, iterations = worker.finishes, worker.iterations
         base, out, decoding = self.base, self.out, self.decoding
         while finishes and finishes[0][0] <= iterations:
             key, i = heapq.heappop(finishes)
             if not (decoding[i] and base[i] + out[i] == key):
                 continue  # a preempted request's old entry
-            del worker.running[i]
             self.gen[i] = self._stop_decoding(worker, i)
-            worker.blocks_used -= -(-(self.prompt[i] + out[i] - 1) // self.block_size)
-            self._apply(self.scheduler.finish(self.ids[i], out[i], now), now)
+            if self.async_scheduling:
+                worker.finishing.append(i)
+            else:
+                self._finish(worker, i, now)
+
+    def _finish(self, worker: _Worker, i: int, now: float) -> None:
+        """Free a finished request's seat and blocks and tell the scheduler."""
+        if i in worker.running:
+            del worker.running[i]
+            self._free_kv(worker, i, self.prompt[i] + self.out[i] - 1)
+        else:  # preempted after its last token (async scheduling): its blocks are free already
+            worker.waiting.remove(i)
+        self._apply(self.scheduler.finish(self.ids[i], self.out[i], now), now)
 
     # ------------------------------------------------------------------ result
 
