@@ -9,7 +9,7 @@ import pytest
 
 from aladdin.errors import AladdinError
 from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
-from aladdin.plugin.profile.fit import abs_pct_error, error_summary, fit_decode, fit_prefill
+from aladdin.plugin.profile.fit import abs_pct_error, error_summary, fit_decode, fit_prefill, fit_prefill_mixed
 from aladdin.plugin.profile.io import ProfileMeta, load_profile, save_profile
 
 PREFILL = PrefillModel(a=1.5e-4, q=2e-9, c=0.012)
@@ -220,6 +220,37 @@ def test_linear_prefill_fit_has_zero_quadratic_term():
     linear = PrefillModel(a=2e-4, q=0.0, c=0.01)
     model, _ = fit_prefill(*prefill_samples(linear, rng), quadratic=False)
     assert model.q == 0.0 and relative_error(model.a, linear.a) < 1e-6
+
+
+def test_weighted_prefill_fit_follows_the_heavy_samples():
+    tokens = np.array([16.0, 64, 256, 1024, 4000])
+    times = PREFILL.time_single(tokens)
+    shifted = times + np.array([0.005, 0.005, 0.0, 0.0, 0.0])  # short prompts 5 ms slower
+    plain, _ = fit_prefill(tokens, tokens**2, times, weights=np.ones(5))
+    assert relative_error(plain.c, PREFILL.c) < 1e-6
+    light, _ = fit_prefill(tokens, tokens**2, shifted, weights=[1e-3, 1e-3, 1, 1, 1])
+    heavy, diagnostics = fit_prefill(tokens, tokens**2, shifted, weights=[1e3, 1e3, 1, 1, 1])
+    assert light.c < heavy.c and heavy.time_single(16.0) == pytest.approx(shifted[0], rel=0.01)
+    assert diagnostics.n_samples == 5 and diagnostics.rms_residual_s > 0  # unweighted residuals
+    with pytest.raises(ValueError, match="weights must be > 0"):
+        fit_prefill(tokens, tokens**2, times, weights=[1, 1, 0, 1, 1])
+    with pytest.raises(ValueError, match="same length"):
+        fit_prefill(tokens, tokens**2, times, weights=[1, 1])
+
+
+def test_mixed_prefill_fit_weighs_each_kind_as_a_whole():
+    """Many synthetic points do not outvote a few realistic ones that pay a higher fixed cost."""
+    synthetic = np.tile(np.array([16.0, 128, 512, 1024, 2048, 4000]), 20)
+    realistic = np.array([20.0, 30, 40, 60, 90, 120])
+    offset = 0.004
+    model, fit = fit_prefill_mixed(synthetic, PREFILL.time_single(synthetic),
+                                   realistic, PREFILL.time_single(realistic) + offset)
+    plain, _ = fit_prefill(np.concatenate([synthetic, realistic]), np.concatenate([synthetic, realistic]) ** 2,
+                           np.concatenate([PREFILL.time_single(synthetic), PREFILL.time_single(realistic) + offset]))
+    assert fit.n_samples == synthetic.size + realistic.size
+    assert model.c - PREFILL.c > 2 * (plain.c - PREFILL.c) > 0
+    with pytest.raises(ValueError, match="synthetic and realistic"):
+        fit_prefill_mixed(synthetic, PREFILL.time_single(synthetic), [], [])
 
 
 def test_fit_rejects_bad_samples():

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from aladdin.loadgen.records import RequestRecord
-from aladdin.plugin.profile.profiler import decode_samples, drop_bursts, parse_cache_info, parse_kv_usage
+from aladdin.plugin.profile.profiler import (
+    decode_samples,
+    drop_bursts,
+    parse_cache_info,
+    parse_kv_usage,
+    prediction_errors,
+)
 
 
 def record(i: int, prompt: int, times: list[float]) -> RequestRecord:
@@ -87,3 +93,10 @@ def test_drop_bursts_removes_segments_faster_than_a_lone_request_could_decode():
     assert kept[0].tolist() == [1, 1, 1, 64, 64, 128]
     # without a reference batch of 3+ samples nothing is dropped
     assert drop_bursts(sizes[4:], contexts[4:], gaps[4:])[2].size == 3
+
+
+def test_prediction_errors_skip_zero_measurements_and_carry_the_noise_floor():
+    entry = prediction_errors(np.array([1.1, 0.9, 5.0]), np.array([1.0, 1.0, 0.0]), 2.5)
+    assert entry["n"] == 2 and entry["median_pct"] == pytest.approx(10.0) and entry["noise_floor_pct"] == 2.5
+    assert prediction_errors(np.array([1.0]), np.array([0.0]), None) == {
+        "n": 0, "median_pct": None, "p90_pct": None, "max_pct": None, "noise_floor_pct": None}

@@ -79,19 +79,24 @@ class FitDiagnostics:
 
 
 def _least_squares(
-    columns: list[np.ndarray], time: np.ndarray, nonneg: bool
+    columns: list[np.ndarray], time: np.ndarray, nonneg: bool, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, FitDiagnostics]:
-    """Solve time ~ columns @ coef, scaling columns first so token^2 and 1 are comparable."""
+    """Solve time ~ columns @ coef, scaling columns first so token^2 and 1 are comparable.
+
+    ``weights`` scale each sample's squared residual; the diagnostics are unweighted.
+    """
     design = np.column_stack(columns)
     scale = np.abs(design).max(axis=0)
     scale[scale == 0] = 1.0
+    root = np.ones_like(time) if weights is None else np.sqrt(weights)
+    system, target = design / scale * root[:, None], time * root
     if nonneg:
         # Only the profiler fits, so the engine-side users never import scipy.
         from scipy.optimize import nnls
 
-        scaled_coef, _ = nnls(design / scale, time)
+        scaled_coef, _ = nnls(system, target)
     else:
-        scaled_coef = np.linalg.lstsq(design / scale, time, rcond=None)[0]
+        scaled_coef = np.linalg.lstsq(system, target, rcond=None)[0]
     coef = scaled_coef / scale
     predicted = design @ coef
     residual_ss = float(np.sum((time - predicted) ** 2))
@@ -131,20 +136,50 @@ def fit_prefill(
     *,
     quadratic: bool = True,
     nonneg: bool = True,
+    weights: ArrayLike | None = None,
 ) -> tuple[PrefillModel, FitDiagnostics]:
     """Fit T_pre = a*sum(n) + q*sum(n^2) + c from per-batch samples.
 
     ``quadratic=False`` fixes q = 0. ``nonneg`` (default) constrains a, q, c >= 0 with NNLS:
     the models are extrapolated by the planner and simulator, where a negative term gives
     negative or shrinking times; with exact non-negative data both solvers agree.
+    ``weights`` (one > 0 per sample, default all 1) weight the squared residuals.
     """
-    tokens, squares, times = _samples(
-        3 if quadratic else 2, sum_tokens=sum_tokens, sum_sq_tokens=sum_sq_tokens, time=time
+    tokens, squares, times, weight = _samples(
+        3 if quadratic else 2, sum_tokens=sum_tokens, sum_sq_tokens=sum_sq_tokens, time=time,
+        weights=np.ones(np.size(time)) if weights is None else weights,
     )
+    if not (weight > 0).all():
+        raise ValueError("weights must be > 0")
     columns = [tokens, squares, np.ones_like(times)] if quadratic else [tokens, np.ones_like(times)]
-    coef, diagnostics = _least_squares(columns, times, nonneg)
+    coef, diagnostics = _least_squares(columns, times, nonneg, weight)
     a, q, c = coef if quadratic else (coef[0], 0.0, coef[1])
     return PrefillModel(a=float(a), q=float(q), c=float(c)), diagnostics
+
+
+def fit_prefill_mixed(
+    synthetic_tokens: ArrayLike,
+    synthetic_time: ArrayLike,
+    realistic_tokens: ArrayLike,
+    realistic_time: ArrayLike,
+) -> tuple[PrefillModel, FitDiagnostics]:
+    """Fit lone-prompt prefills of two kinds, each kind weighing as much in total as the other.
+
+    Real prompts (ShareGPT) pay a few ms more of fixed cost than the profiler's synthetic
+    ones of equal length (benchmarks/RESULTS.md, "H200 profiles") and are mostly short, while
+    the synthetic sweep reaches the long prompts a real sample rarely has: so the realistic
+    points set the level and the synthetic ones the growth, however many there are of each.
+    """
+    synthetic = np.asarray(synthetic_tokens, dtype=float).ravel()
+    realistic = np.asarray(realistic_tokens, dtype=float).ravel()
+    if synthetic.size == 0 or realistic.size == 0:
+        raise ValueError("need synthetic and realistic samples")
+    tokens = np.concatenate([synthetic, realistic])
+    times = np.concatenate([np.asarray(synthetic_time, dtype=float).ravel(),
+                            np.asarray(realistic_time, dtype=float).ravel()])
+    weights = np.concatenate([np.full(synthetic.size, 1.0 / synthetic.size),
+                              np.full(realistic.size, 1.0 / realistic.size)])
+    return fit_prefill(tokens, tokens**2, times, weights=weights)
 
 
 def fit_decode(

@@ -29,7 +29,7 @@ from aladdin.loadgen.dispatcher import Dispatcher
 from aladdin.loadgen.records import OK, RequestRecord
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.perfmodel import KVModel, PerfModel
-from aladdin.plugin.profile.fit import fit_decode, fit_prefill
+from aladdin.plugin.profile.fit import error_summary, fit_decode, fit_prefill
 
 _INFO_LINE = re.compile(r"^vllm:cache_config_info\{(?P<labels>[^}]*)\}", re.M)
 # No vLLM step is this fast (its per-step CPU work alone takes longer): a segment whose tokens
@@ -367,8 +367,6 @@ def validate_profile(
     token ids, so the prefix cache cannot help), i.e. what the same prediction would score
     against the server's own run-to-run variation.
     """
-    from aladdin.plugin.profile.fit import error_summary
-
     prefill_records = []
     for spec in prefill_specs:
         prefill_records += engine.run_batch([spec]).records
@@ -396,15 +394,18 @@ def validate_profile(
     decode_noise = noise_floor([np.array(batch_means)])
     progress("noise floor")
 
-    def entry(pred, actual, noise):
-        keep = np.asarray(actual) > 0
-        if not keep.any():  # e.g. every KV probe fell on a request's end
-            return {"n": 0, "median_pct": None, "p90_pct": None, "max_pct": None, "noise_floor_pct": noise}
-        summary = error_summary(np.asarray(pred)[keep], np.asarray(actual)[keep]).to_dict()
-        return {**summary, "noise_floor_pct": noise}
-
     return {
-        "prefill": entry(perf.prefill.time_single(prompts), ttft, prefill_noise),
-        "decode": entry(perf.decode.time(sizes, contexts), gaps, decode_noise),
-        "kv": entry(kv_pred, kv_meas, None),
+        "prefill": prediction_errors(perf.prefill.time_single(prompts), ttft, prefill_noise),
+        "decode": prediction_errors(perf.decode.time(sizes, contexts), gaps, decode_noise),
+        "kv": prediction_errors(kv_pred, kv_meas, None),
     }
+
+
+def prediction_errors(predicted: np.ndarray, actual: np.ndarray, noise_floor_pct: float | None) -> dict:
+    """One model's entry of the validation report (also used to re-validate a refitted model
+    on stored held-out samples): error summary over the measurements > 0, and the noise floor."""
+    keep = np.asarray(actual) > 0
+    if not keep.any():  # e.g. every KV probe fell on a request's end
+        return {"n": 0, "median_pct": None, "p90_pct": None, "max_pct": None, "noise_floor_pct": noise_floor_pct}
+    summary = error_summary(np.asarray(predicted)[keep], np.asarray(actual)[keep]).to_dict()
+    return {**summary, "noise_floor_pct": noise_floor_pct}

@@ -43,6 +43,22 @@ PREFILL_TOKENS=${PREFILL_TOKENS:-8}
 SWEEP_REPEATS=${SWEEP_REPEATS:-3}   # 0: no prefill sweep
 DIAG=${DIAG:-0}   # 1: instead of profiles, TTFT diagnostics on the first size (ttft_check.py with more
                   # output lengths, ttft_sharegpt.py) into ttft_diag_SIZE.json / ttft_sharegpt_SIZE.json
+REALPREFILL=${REALPREFILL:-0}   # 1: instead of profiles, per size lone prefills of real ShareGPT prompts
+                  # (prefill_sharegpt.py: REALPREFILL_N prompts of seed REALPREFILL_SEED, not validate's
+                  # 12345) into benchmarks/results/prefill_sharegpt_HW_SIZE.json, the realistic points
+                  # benchmarks/refit_prefill_h200.py fits. DATA: the stand-in of that sample, without
+                  # any prompt of the held-out one:
+                  #   .venv/bin/python scripts/gpu/sharegpt_subset.py --seed 777 -n 240 --max-output-tokens 256 \
+                  #     --keep 1600 --exclude-seed 12345 --exclude-n 160 --tokenizer /tmp/models/llama2-7b \
+                  #     --out .gpudata-prefill
+                  # Two calls (p01+p03, then p02 and the rest, fit a call's 64 MiB): carry .gpu/p01
+                  # .gpu/p03: 'mkdir -p /tmp/gpb && cp .gpu/p01/part /tmp/gpb/p01 && cp .gpu/p03/part
+                  # /tmp/gpb/p03' (seconds); carry .gpu/p02 .gpu/tools .whl .gpudata-prefill: 'cp
+                  # .gpu/p02/part /tmp/gpb/p02 && export REALPREFILL=1 DATA=.gpudata-prefill && bash
+                  # scripts/gpu/profile_h200.sh start && bash scripts/gpu/profile_h200.sh wait 480'
+                  # (about 6.5 minutes for both sizes; if it ends RUNNING: 'bash ... wait 120')
+REALPREFILL_N=${REALPREFILL_N:-240}
+REALPREFILL_SEED=${REALPREFILL_SEED:-777}
 
 . "$(dirname "$0")/server.sh"
 
@@ -50,13 +66,15 @@ gpu_name() { nvidia-smi --query-gpu=name --format=csv,noheader | head -1; }
 hw() { [ -n "${HW:-}" ] && echo "$HW" || gpu_name | sed 's/^NVIDIA //; s/ .*//' | tr 'A-Z' 'a-z'; }
 profile_of() { echo "profiles/$(hw)-llama2-$1.json"; }
 validation_of() { echo "benchmarks/results/profile_validation_$(hw)_$1.json"; }
+realprefill_of() { echo "benchmarks/results/prefill_sharegpt_$(hw)_$1.json"; }
 
 start() {
   mkdir -p "$W/profiles" "$W/benchmarks/results"
   exec > >(tee -a "$W/setup.log") 2>&1
   echo "== $(date -u +%FT%TZ) start: sizes $SIZES, files $(profile_of SIZE) $(validation_of SIZE)"
   prepare_machine
-  cp "$0" scripts/gpu/server.sh scripts/gpu/ttft_check.py scripts/gpu/prefill_sweep.py scripts/gpu/validate_raw.py scripts/gpu/ttft_sharegpt.py "$W/"
+  cp "$0" scripts/gpu/server.sh scripts/gpu/ttft_check.py scripts/gpu/prefill_sweep.py scripts/gpu/validate_raw.py scripts/gpu/ttft_sharegpt.py \
+    scripts/gpu/prefill_sharegpt.py "$W/"
   rm -f "$W"/done "$W"/done-*
   setsid nohup bash "$W/profile_h200.sh" pipeline >"$W/pipeline.log" 2>&1 </dev/null &
   echo "pipeline started"
@@ -73,6 +91,12 @@ one_shape() {  # one_shape SIZE: server, profile, sweep, validation, server stop
   await_server
   echo "== server up $(( $(date +%s) - t0 )) s after start"
   grep -E "KV cache|Maximum concurrency|Graph capturing|init engine" "server-$size.log" | tail -n 6
+  if [ "$REALPREFILL" = 1 ]; then
+    python3 prefill_sharegpt.py --host "http://127.0.0.1:$PORT" --tokenizer "$MODEL_DIR" -n "$REALPREFILL_N" \
+      --seed "$REALPREFILL_SEED" --max-output-tokens "$VALIDATE_MAX_OUT" -o "$(realprefill_of "$size")" || return 6
+    stop_server
+    return 0
+  fi
   if [ "$DIAG" = 1 ]; then
     python3 ttft_check.py --host "http://127.0.0.1:$PORT" --tokenizer "$MODEL_DIR" --lengths 32 128 512 \
       --outputs 1 8 64 256 --repeats 5 -o "ttft_diag_$size.json" || return 6
@@ -129,7 +153,7 @@ wait_done() {  # wait_done S [SIZE]
   marker=$W/done; [ -n "$size" ] && marker=$W/done-$size
   for _ in $(seq 1 "$limit"); do [ -f "$marker" ] || [ -f "$W/done" ] && break; sleep 1; done
   for size_ in $SIZES; do
-    for f in "$W/$(profile_of "$size_")" "$W/$(validation_of "$size_")"; do [ -f "$f" ] && cp "$f" "${OUT:-/tmp}/"; done
+    for f in "$W/$(profile_of "$size_")" "$W/$(validation_of "$size_")" "$W/$(realprefill_of "$size_")"; do [ -f "$f" ] && cp "$f" "${OUT:-/tmp}/"; done
   done
   (cd "$W" && tar -czf "${OUT:-/tmp}/logs.tgz" --ignore-failed-read ./*.log ./*.json 2>/dev/null)
   tail -n 60 "$W/pipeline.log" 2>/dev/null
