@@ -41,6 +41,11 @@ RESPONSE_BODY_MODES = ("NONE", "FULL_DUPLEX_STREAMED")
 FAILURE_MODES = ("FailClose", "FailOpen")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"  # the gRPC health service gateways check
 HEALTH_INTERVAL_S = 0.5
+# Envoy's default circuit breakers allow 1,024 requests in flight per cluster; every LLM stream
+# holds one upstream request and one picker stream for its whole life, so a busy gateway would
+# refuse (500 for the picker's cluster, 503 upstream) long before it is out of capacity
+CIRCUIT_BREAKERS = {"thresholds": [{"max_connections": 1_000_000, "max_pending_requests": 1_000_000,
+                                    "max_requests": 1_000_000, "max_retries": 1_000}]}
 ACCESS_LOG_FLUSH_MS = 200  # Envoy's default is 10 s: the log would lag far behind a short run
 PICKER_MESSAGE_TIMEOUT_S = 120  # the picker may hold a request in its central queue this long
 ACCESS_LOG_FIELDS = {
@@ -138,12 +143,13 @@ def envoy_config(config: EnvoyConfig) -> dict[str, Any]:
         "route": {"cluster": "model_servers", "timeout": "0s"}, "response_headers_to_add": served}]
     clusters: list[dict[str, Any]] = [
         {"name": "model_servers", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": duration,
-         "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION}}]
+         "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION},
+         "circuit_breakers": CIRCUIT_BREAKERS}]
     if config.failure_mode == "FailOpen":  # the picker unreachable: any worker, round robin
         routes.append({"match": {"prefix": "/"}, "route": {"cluster": "fail_open", "timeout": "0s"},
                        "response_headers_to_add": served})
         clusters.append({"name": "fail_open", "type": "STATIC", "lb_policy": "ROUND_ROBIN", "connect_timeout": duration,
-                         "load_assignment": _endpoints("fail_open", config.workers)})
+                         "load_assignment": _endpoints("fail_open", config.workers), "circuit_breakers": CIRCUIT_BREAKERS})
     connection_manager: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "gateway",
@@ -170,6 +176,7 @@ def envoy_config(config: EnvoyConfig) -> dict[str, Any]:
         "health_checks": [{"timeout": "1s", "interval": f"{HEALTH_INTERVAL_S:g}s", "unhealthy_threshold": 1,
                            "healthy_threshold": 1, "grpc_health_check": {"service_name": EXT_PROC_SERVICE}}],
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "circuit_breakers": CIRCUIT_BREAKERS,
     }
     if config.picker_tls:
         picker["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {

@@ -448,3 +448,14 @@ def test_gateway_cli_up_detached_then_down(tmp_path):
     assert not Path(f"/proc/{pid}").exists()
     result = runner.invoke(cli, ["gateway", "config", "--picker", "127.0.0.1:9002", "--failure-mode", "FailOpen"])
     assert result.exit_code != 0 and "FailOpen needs the workers" in result.output and "Traceback" not in result.output
+
+
+def test_no_cluster_keeps_envoys_default_1024_requests_in_flight():
+    """Each LLM stream holds an upstream request and a picker stream for its whole life: Envoy's
+    default circuit breakers (1,024) refused requests with 500s under load (the overhead run)."""
+    config = EnvoyConfig(pickers=("127.0.0.1:9002",), failure_mode="FailOpen", workers=("127.0.0.1:8100",))
+    clusters = envoy_config(config)["static_resources"]["clusters"]
+    assert {c["name"] for c in clusters} == {"model_servers", "fail_open", "picker"}
+    for cluster in clusters:
+        limits = cluster["circuit_breakers"]["thresholds"][0]
+        assert min(limits["max_requests"], limits["max_pending_requests"], limits["max_connections"]) >= 100_000
