@@ -51,12 +51,17 @@ REALPREFILL=${REALPREFILL:-0}   # 1: instead of profiles, per size lone prefills
                   #   .venv/bin/python scripts/gpu/sharegpt_subset.py --seed 777 -n 240 --max-output-tokens 256 \
                   #     --keep 1600 --exclude-seed 12345 --exclude-n 160 --tokenizer /tmp/models/llama2-7b \
                   #     --out .gpudata-prefill
-                  # Two calls (p01+p03, then p02 and the rest, fit a call's 64 MiB): carry .gpu/p01
-                  # .gpu/p03: 'mkdir -p /tmp/gpb && cp .gpu/p01/part /tmp/gpb/p01 && cp .gpu/p03/part
-                  # /tmp/gpb/p03' (seconds); carry .gpu/p02 .gpu/tools .whl .gpudata-prefill: 'cp
-                  # .gpu/p02/part /tmp/gpb/p02 && export REALPREFILL=1 DATA=.gpudata-prefill && bash
-                  # scripts/gpu/profile_h200.sh start && bash scripts/gpu/profile_h200.sh wait 480'
-                  # (about 6.5 minutes for both sizes; if it ends RUNNING: 'bash ... wait 120')
+                  # Four calls back to back (with the 16.8 MB tree, p01+p03 or p02 with .whl (5 MB) and
+                  # .gpudata-prefill (5.5 MB) exceed a call's 64 MiB): carry .gpu/p01: 'mkdir -p /tmp/gpb
+                  # && cp .gpu/p01/part /tmp/gpb/p01'; carry .gpu/p03: 'cp .gpu/p03/part /tmp/gpb/p03';
+                  # carry .whl .gpudata-prefill .gpu/tools: 'mkdir -p /tmp/stage && cp -r .whl
+                  # .gpudata-prefill .gpu/tools /tmp/stage/' (each seconds); carry .gpu/p02: 'cp
+                  # .gpu/p02/part /tmp/gpb/p02 && for d in .whl .gpudata-prefill; do [ -d $d ] || cp -r
+                  # /tmp/stage/$d .; done; mkdir -p .gpu && { [ -d .gpu/tools ] || cp -r /tmp/stage/tools
+                  # .gpu/; }; export REALPREFILL=1 DATA=.gpudata-prefill && bash scripts/gpu/profile_h200.sh
+                  # start && bash scripts/gpu/profile_h200.sh wait 480' (7.9 minutes for both sizes on
+                  # 2026-12-01; if it ends RUNNING: 'export REALPREFILL=1 DATA=.gpudata-prefill && bash
+                  # ... wait 240'; if its files do not come back, 'wait 1' again)
 REALPREFILL_N=${REALPREFILL_N:-240}
 REALPREFILL_SEED=${REALPREFILL_SEED:-777}
 
