@@ -173,7 +173,10 @@ def envoy_config(config: EnvoyConfig) -> dict[str, Any]:
             "explicit_http_config": {"http2_protocol_options": {}}}},
         "load_assignment": _endpoints("picker", config.pickers),
         # a draining or dead replica gets no new requests
-        "health_checks": [{"timeout": "1s", "interval": f"{HEALTH_INTERVAL_S:g}s", "unhealthy_threshold": 1,
+        # every interval, traffic or not (Envoy's "no traffic" interval is 60 s, and ext_proc
+        # streams do not count as traffic: a draining replica went on getting requests)
+        "health_checks": [{"timeout": "1s", "interval": f"{HEALTH_INTERVAL_S:g}s",
+                           "no_traffic_interval": f"{HEALTH_INTERVAL_S:g}s", "unhealthy_threshold": 1,
                            "healthy_threshold": 1, "grpc_health_check": {"service_name": EXT_PROC_SERVICE}}],
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         "circuit_breakers": CIRCUIT_BREAKERS,

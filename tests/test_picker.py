@@ -459,3 +459,13 @@ def test_no_cluster_keeps_envoys_default_1024_requests_in_flight():
     for cluster in clusters:
         limits = cluster["circuit_breakers"]["thresholds"][0]
         assert min(limits["max_requests"], limits["max_pending_requests"], limits["max_connections"]) >= 100_000
+
+
+def test_the_gateway_health_checks_each_picker_every_interval_even_without_traffic():
+    """ext_proc streams are not traffic to Envoy's health checker, which then checked a picker
+    once a minute: a draining replica kept getting requests, and one arriving as it stopped got
+    a 500 (the two-replica restart test in CI)."""
+    picker = next(c for c in envoy_config(EnvoyConfig(pickers=("127.0.0.1:9002",)))["static_resources"]["clusters"]
+                  if c["name"] == "picker")
+    check = picker["health_checks"][0]
+    assert check["no_traffic_interval"] == check["interval"] == "0.5s"
