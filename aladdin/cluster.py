@@ -35,11 +35,13 @@ SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 @dataclass
 class ClusterConfig:
-    """What to start: N workers of one model shape, each with a KV budget in tokens."""
+    """What to start: N workers of one model shape, each with a KV budget in tokens (the same,
+    or one per worker in ``kv_tokens_each``: a pool of workers of different sizes)."""
 
     workers: int = 1
     shape: str = "tiny"
     kv_tokens: int = 32768
+    kv_tokens_each: tuple[int, ...] = ()  # one per worker; empty: kv_tokens for every one
     max_model_len: int = 4096
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048  # chunked-prefill token budget per iteration
@@ -53,16 +55,23 @@ class ClusterConfig:
     env: dict[str, str] = field(default_factory=dict)  # extra environment of every worker (VLLM_PLUGINS, say)
     python: str = sys.executable  # the interpreter whose vLLM runs the workers (another environment's, say)
 
+    def kv_tokens_of(self, index: int) -> int:
+        return self.kv_tokens_each[index] if self.kv_tokens_each else self.kv_tokens
+
     def validate(self) -> None:
         if self.workers < 1:
             raise AladdinError(f"--workers must be at least 1, got {self.workers}")
-        if self.kv_tokens < BLOCK_SIZE:
-            raise AladdinError(f"--kv-tokens must be at least one block ({BLOCK_SIZE}), got {self.kv_tokens}")
-        if self.kv_tokens < self.max_model_len:
-            raise AladdinError(
-                f"--kv-tokens ({self.kv_tokens}) must hold one request of --max-model-len "
-                f"({self.max_model_len}) tokens, or vLLM refuses to start"
-            )
+        if self.kv_tokens_each and len(self.kv_tokens_each) != self.workers:
+            raise AladdinError(f"--kv-tokens lists {len(self.kv_tokens_each)} sizes for {self.workers} workers; "
+                               "give one size, or one per worker")
+        for kv_tokens in self.kv_tokens_each or (self.kv_tokens,):
+            if kv_tokens < BLOCK_SIZE:
+                raise AladdinError(f"--kv-tokens must be at least one block ({BLOCK_SIZE}), got {kv_tokens}")
+            if kv_tokens < self.max_model_len:
+                raise AladdinError(
+                    f"--kv-tokens ({kv_tokens}) must hold one request of --max-model-len "
+                    f"({self.max_model_len}) tokens, or vLLM refuses to start"
+                )
 
 
 @dataclass
@@ -147,9 +156,9 @@ class LocalCluster:
             return Path(cfg.model_dir)
         return default_model_dir(cfg.shape)
 
-    def _command(self, model_dir: Path, port: int) -> list[str]:
+    def _command(self, model_dir: Path, port: int, index: int) -> list[str]:
         cfg = self.config
-        blocks = cfg.kv_tokens // BLOCK_SIZE
+        blocks = cfg.kv_tokens_of(index) // BLOCK_SIZE
         return [
             cfg.python, "-m", SERVER_MODULE,
             "--model", str(model_dir),
@@ -167,10 +176,10 @@ class LocalCluster:
             *cfg.extra_args,
         ]
 
-    def _environment(self, core: int, model_dir: Path) -> dict[str, str]:
+    def _environment(self, core: int, model_dir: Path, index: int) -> dict[str, str]:
         env = dict(os.environ)
         shape = read_shape(model_dir)
-        kv_bytes = self.config.kv_tokens * shape.kv_bytes_per_token
+        kv_bytes = self.config.kv_tokens_of(index) * shape.kv_bytes_per_token
         # The CPU backend sizes its KV pool in whole GiB; the block override above trims it.
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, -(-kv_bytes // 2**30)))
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
@@ -204,11 +213,11 @@ class LocalCluster:
                 core = i % cores
                 with open(log_path, "wb") as log:
                     proc = subprocess.Popen(
-                        self._command(model_dir, port),
+                        self._command(model_dir, port, i),
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
-                        env=self._environment(core, model_dir),
+                        env=self._environment(core, model_dir, i),
                         start_new_session=True,  # own process group: stop() kills engine children too
                         # Below the load generator's priority: on a small machine the client that
                         # measures the servers must not be starved by them.

@@ -23,6 +23,7 @@ from aladdin.errors import AladdinError
 
 DEFAULT_POLICIES = ("aladdin", "jsq")
 GATEWAYS = ("router", "envoy")
+MIN_KV_TOKENS = 2048  # the demo's smallest worker cache: one request of the default --max-model-len
 STOCK_RUN = "stock-rr"  # stock vLLM workers, requests spread round robin (as an L4 balancer would)
 FRONT_END_METRICS_FILE = "router_metrics.txt"  # the router's or the picker's /metrics at the end of a run
 CHECKOUT_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "cpu-tiny.json"
@@ -49,8 +50,9 @@ def _default_profile() -> Path | None:
 @click.option("--queue-order", type=click.Choice(["fcfs", "edf"]), default="fcfs", show_default=True,
               help="The router's central queue: first come first served, or earliest TTFT deadline first "
                    "(for mixed SLOs).")
-@click.option("--kv-tokens", type=click.IntRange(min=2048), default=4096, show_default=True,
-              help="KV cache capacity of each worker, tokens (small, so that placement matters).")
+@click.option("--kv-tokens", default="4096", show_default=True, metavar="N|N,N,...",
+              help="KV cache capacity of each worker, tokens (small, so that placement matters); a list gives "
+                   "one per worker, a pool of different sizes (e.g. 2048,8192).")
 @click.option("--max-model-len", type=click.IntRange(min=256), default=2048, show_default=True)
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=_default_profile,
               help="The workers' profile (the router's and the plugin's time models). Default: profiles/cpu-tiny.json.")
@@ -77,13 +79,16 @@ def demo(ctx, policies, stock, workers, rate, num_requests, max_output_tokens, t
         from aladdin.gateway import envoy_binary
 
         envoy_binary()  # missing: one clear line before anything starts
-    if kv_tokens < max_model_len:
-        raise AladdinError(f"--kv-tokens ({kv_tokens}) must hold one --max-model-len ({max_model_len}) request")
+    sizes = kv_sizes(kv_tokens, workers)
+    for size in sizes:
+        if size < max_model_len:
+            raise AladdinError(f"--kv-tokens ({size}) must hold one --max-model-len ({max_model_len}) request")
     policies = tuple(dict.fromkeys(policies))  # one run each
     for policy in policies:
         parse_policy(policy, None)  # a bad policy fails before anything starts
     output = output or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    cluster = ClusterConfig(workers=workers, kv_tokens=kv_tokens, max_model_len=max_model_len, base_port=base_port)
+    cluster = ClusterConfig(workers=workers, kv_tokens=sizes[0], kv_tokens_each=sizes if len(set(sizes)) > 1 else (),
+                            max_model_len=max_model_len, base_port=base_port)
     router_port = base_port + workers
     workload = dict(dataset="sharegpt", num_requests=num_requests, arrival="poisson", rate=rate, seed=seed,
                     max_output_tokens=max_output_tokens, max_total_tokens=max_model_len, slo_tiers=slo_tiers)
@@ -122,6 +127,20 @@ def demo(ctx, policies, stock, workers, rate, num_requests, max_output_tokens, t
                plots_dir=output / "plots", sweep_atgt=f"{atgt_slo / 4:g}:{atgt_slo * 4:g}:16")
 
 
+def kv_sizes(text: str, workers: int) -> tuple[int, ...]:
+    """``--kv-tokens``: one size for every worker, or one per worker; AladdinError names what is wrong."""
+    parts = [part.strip() for part in str(text).split(",")]
+    try:
+        sizes = tuple(int(part) for part in parts)
+    except ValueError:
+        raise AladdinError(f"--kv-tokens must be whole numbers of tokens, got {text!r}") from None
+    if len(sizes) not in (1, workers):
+        raise AladdinError(f"--kv-tokens lists {len(sizes)} sizes for {workers} workers; give one, or one per worker")
+    if min(sizes) < MIN_KV_TOKENS:
+        raise AladdinError(f"--kv-tokens must be at least {MIN_KV_TOKENS} per worker, got {text}")
+    return sizes * workers if len(sizes) == 1 else sizes
+
+
 class _Workers:
     """The demo's local cluster, announced on stderr; entered, it gives the workers' URLs."""
 
@@ -133,8 +152,10 @@ class _Workers:
 
     def __enter__(self):
         cfg = self.cluster.config
-        click.echo(f"starting {cfg.workers} vLLM CPU workers ({self.kind}; tiny Llama, {cfg.kv_tokens} KV tokens "
-                   f"each); logs in {cfg.state_dir}", err=True)
+        sizes = ", ".join(str(cfg.kv_tokens_of(i)) for i in range(cfg.workers)) if cfg.kv_tokens_each else None
+        kv = f"{sizes} KV tokens" if sizes else f"{cfg.kv_tokens} KV tokens each"
+        click.echo(f"starting {cfg.workers} vLLM CPU workers ({self.kind}; tiny Llama, {kv}); logs in {cfg.state_dir}",
+                   err=True)
         return self.cluster.__enter__().urls
 
     def __exit__(self, *exc):

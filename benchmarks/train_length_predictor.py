@@ -30,7 +30,7 @@ from aladdin.errors import AladdinError
 from aladdin.loadgen.datasets import load_tokenizer, read_sharegpt
 from aladdin.loadgen.workload import LengthLimits
 from aladdin.modeldir import default_model_dir
-from aladdin.plugin.core.predictor import LengthPredictor, prediction_errors
+from aladdin.plugin.core.predictor import RESERVATION_QUANTILE, LengthPredictor, PredictorConfig, prediction_errors
 from aladdin.plugin.predict.text import (
     MODEL_DIR,
     MODEL_FILE,
@@ -48,6 +48,9 @@ RIDGE_ALPHA = 3.0
 # correction is for; the drift rows scale the held-out output lengths by it.
 DRIFT = 1.5
 SCALES = np.round(np.arange(0.8, 1.61, 0.05), 2)  # candidate multipliers of exp(log prediction)
+# the validation split's quantiles of log(actual / predicted) kept with the model: a quantile
+# prediction's factor before served requests have finished (the router reserves at 0.95)
+RESIDUAL_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 def split_bucket(source_id: str) -> int:
@@ -104,9 +107,10 @@ def scores(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     }
 
 
-def bucket_online(prompts: np.ndarray, outputs: np.ndarray, prior: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """The core's bucket mean, predict-then-learn per request, optionally taught a prior set first."""
-    predictor = LengthPredictor()
+def bucket_online(prompts: np.ndarray, outputs: np.ndarray, prior: tuple[np.ndarray, np.ndarray] | None,
+                  quantile: float | None = None) -> np.ndarray:
+    """The core's bucket mean (or ``quantile``), predict-then-learn per request, optionally taught a prior set first."""
+    predictor = LengthPredictor(PredictorConfig(quantile=quantile))
     if prior is not None:
         predictor.observe_many(*prior)
     predicted = np.empty_like(outputs)
@@ -169,7 +173,9 @@ def main() -> None:
     val_texts, val_prompts, val_outputs = columns(val)
     val_raw = first.predict(val_texts, val_prompts)
     scale = float(min(SCALES, key=lambda s: median_ape(val_raw * s, val_outputs)))
-    residual = float(np.median(np.log(val_outputs / (val_raw * scale))))
+    log_ratios = np.log(val_outputs / (val_raw * scale))
+    residual = float(np.median(log_ratios))
+    quantiles = {f"{q:g}": float(np.quantile(log_ratios, q)) for q in RESIDUAL_QUANTILES}
     lap("fit_and_validate_s")
     model = dataclasses.replace(fit(*columns(train + val), seed=args.seed), scale=scale)
     lap("refit_s")
@@ -182,7 +188,7 @@ def main() -> None:
         "log prompt tokens, log chars, non-ASCII share, log lines, question marks",
         "target": "log(output tokens), HistGradientBoosting absolute error", "scale": scale, "seed": args.seed,
     }
-    meta = ModelMeta(sklearn_version(), residual, training)
+    meta = ModelMeta(sklearn_version(), residual, training, quantiles)
     save_model(model, meta)
 
     texts, prompts, outputs = columns(held_out)
@@ -193,6 +199,10 @@ def main() -> None:
         "bucket mean (taught the training set first)": bucket_online(prompts, outputs, columns(train + val)[1:]),
         "text model": np.maximum(1, np.ceil(raw - 1e-9)).astype(np.int64),
         "text model + online correction": text_online(predictor, raw, outputs),
+        # reservations: how often each falls short at the quantile the router reserves, and at what size
+        f"bucket q{RESERVATION_QUANTILE:g} (online)": bucket_online(prompts, outputs, None, RESERVATION_QUANTILE),
+        f"text model q{RESERVATION_QUANTILE:g} + online correction": text_online(
+            TextLengthPredictor(model, meta, quantile=RESERVATION_QUANTILE), raw, outputs),
     }
     drifted = np.ceil(outputs * DRIFT).astype(np.int64)
     drift_rows = {
@@ -206,9 +216,9 @@ def main() -> None:
     results += [{"predictor": name, **scores(pred[w:], drifted[w:])} for name, pred in drift_rows.items()]
     print(f"{len(held_out)} held-out ShareGPT requests ({len(held_out) - w} scored after {w} warm-up), "
           f"trained on {len(train) + len(val)}; scale {scale}")
-    print(f"{'predictor':<44} {'median |err| %':>14} {'median err tok':>14} {'under-predicted':>15} {'MAE tok':>8}")
+    print(f"{'predictor':<48} {'median |err| %':>14} {'median err tok':>14} {'under-predicted':>15} {'MAE tok':>8}")
     for row in results:
-        print(f"{row['predictor']:<44} {row['median_abs_pct_error']:>13.1f}% {row['median_error_tokens']:>14.0f} "
+        print(f"{row['predictor']:<48} {row['median_abs_pct_error']:>13.1f}% {row['median_error_tokens']:>14.0f} "
               f"{100 * row['under_prediction_rate']:>14.1f}% {row['mean_abs_error']:>8.1f}")
     text_error = next(r for r in results if r["predictor"] == "text model + online correction")["median_abs_pct_error"]
     report = {

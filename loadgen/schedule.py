@@ -27,6 +27,9 @@ class ScheduledRequest:
     slo_tier: str | None = None  # the --slo-tiers tier drawn for it
     ttft_slo: float | None = None  # its own SLOs in seconds (tier or trace); None: the run's default
     atgt_slo: float | None = None
+    # a length model's prediction made when the schedule was built (aladdin.plugin.predict.text);
+    # None: the scheduler core predicts it on arrival
+    predicted_output_tokens: int | None = None
 
 
 def load_specs(config: WorkloadConfig, tokenizer=None, *, prompts: bool = True) -> list[RequestSpec]:

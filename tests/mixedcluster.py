@@ -13,9 +13,9 @@ PLUGIN_BLOCKS = 65  # 64 usable blocks of 32 tokens: 2048 KV tokens, one max-len
 class MixedCluster(LocalCluster):
     """Worker 0 with the engine plugin (its flags, VLLM_PLUGINS, a small KV cache), worker 1 stock."""
 
-    def _command(self, model_dir, port):
-        command = super()._command(model_dir, port)
-        if port != self.config.base_port:
+    def _command(self, model_dir, port, index):
+        command = super()._command(model_dir, port, index)
+        if index != 0:
             return ["env", "-u", "VLLM_PLUGINS", *command]
         blocks = command.index("--num-gpu-blocks-override") + 1
         command[blocks] = str(PLUGIN_BLOCKS)

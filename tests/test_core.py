@@ -107,6 +107,26 @@ def test_kv_filter_uses_peak_with_growth_and_queues_when_nothing_fits():
     assert [d.request.id for d in placed] == ["n"]
 
 
+def test_the_chance_constrained_kv_filter_keeps_a_margin_that_grows_with_the_root_of_the_residents():
+    mean_only = scheduler(workers=1)
+    chance = Scheduler([("w0", PERF)], replace(NAMED["aladdin-chance"], length_cv=1.0).build(), LengthPredictor())
+    tight = Scheduler([("w0", PERF)], replace(NAMED["aladdin-chance"], length_cv=0.1).build(), LengthPredictor())
+    for s in (mean_only, chance, tight):
+        decoding(s, "w0", "a", 600, 300)  # 601 tokens now, 899 at its end: the peak with the new one too
+    new = Request("n", 100, 0.0, predicted_output_tokens=50)
+    assert not mean_only.evaluate(new, 0.0)[0].violates
+    # margin: z(0.95) x cv x sqrt(299^2 + 50^2) tokens = 499 (cv 1): over; 50 (cv 0.1): 899 + 50 fits
+    assert "kv-chance" in chance.evaluate(new, 0.0)[0].violates
+    assert not tight.evaluate(new, 0.0)[0].violates
+    ev = Evaluation(tight.pool, new, 0.0, True)
+    assert ev.remaining_spread(np.array([0]))[0] == pytest.approx(math.hypot(299, 50))
+    with pytest.raises(AladdinError, match="violation"):
+        replace(NAMED["aladdin-chance"], violation=0.6)
+    spec = parse_policy("filters=seqs,kv-chance;score=fill;pick=max;violation=0.01;length_cv=0.5")
+    assert (spec.violation, spec.length_cv) == (0.01, 0.5) and spec.uses_predictions
+    assert not spec.takes_headroom and NAMED["aladdin-chance"].takes_headroom  # its ATGT filters take one
+
+
 def test_a_resident_already_missing_its_atgt_does_not_close_its_worker():
     # Old bug (c): one resident predicted at 1.4x its ATGT budget refused every new ATGT request.
     s = scheduler(workers=1)

@@ -628,3 +628,34 @@ def test_streams_forwarded_by_reads_equal_event_by_event_forwarding():
                         assert 3 == ref.generated <= tracker.generated <= 4, (name, cuts)
 
     run(main())
+
+
+@pytest.mark.timeout(120)  # loading the model takes seconds on a busy machine
+def test_the_text_length_model_predicts_from_the_words_and_learns_at_finish():
+    pytest.importorskip("sklearn")
+    essay = "Write a detailed 1500-word essay on the history of the Roman Empire, with five sections and a conclusion."
+    yes_no = "Answer with yes or no only: is 7 a prime number?"
+
+    async def main():
+        worker = FakeWorker()
+        async with router_for([worker], length_predictor="text", length_quantile=None) as router:
+            model = router.service.text_predictor
+            predicted = {}
+            for name, prompt in (("essay", essay), ("yes_no", yes_no)):
+                status, _, _ = await post(router, {"model": MODEL, "prompt": prompt, "max_tokens": 1000})
+                assert status == 200
+                predicted[name] = worker.received[-1]["vllm_xargs"]["aladdin_output_tokens"]
+            # the words, not the length, set the prediction: the two prompts are about as long
+            assert predicted["yes_no"] < predicted["essay"]
+            words = len(yes_no.split())
+            assert predicted["yes_no"] == model.corrected(float(model.predict_raw([yes_no], [words])[0]))
+            await settled(router)
+            assert len(model._log_ratios) == 2  # each finished request taught the online correction
+            # a client's own prediction wins, and teaches the text model nothing
+            body = {"model": MODEL, "prompt": essay, "max_tokens": 8, "vllm_xargs": {"aladdin_output_tokens": 3}}
+            status, _, _ = await post(router, body)
+            assert status == 200 and worker.received[-1]["vllm_xargs"]["aladdin_output_tokens"] == 3
+            await settled(router)
+            assert len(model._log_ratios) == 2
+
+    run(main())

@@ -36,8 +36,11 @@ def test_vllms_defaults_are_the_simulators_async_scheduling_as_on_the_profiles_h
     assert config.prefix_caching and config.async_scheduling is None
     gpu = replace(UNIT, meta={"hardware": "NVIDIA H200"})
     cpu = replace(UNIT, meta={"hardware": "CPU: AMD EPYC (2 cores)"})
-    assert ClusterSimulator(gpu, config).async_scheduling and not ClusterSimulator(cpu, config).async_scheduling
-    assert ClusterSimulator(cpu, replace(config, async_scheduling=True)).async_scheduling
+    def asynchronous(perf, config):
+        return ClusterSimulator(perf, config).workers[0].async_scheduling
+
+    assert asynchronous(gpu, config) and not asynchronous(cpu, config)
+    assert asynchronous(cpu, replace(config, async_scheduling=True))
 
 
 # --- prefix caching ---------------------------------------------------------------------------

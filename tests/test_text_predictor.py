@@ -8,6 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
@@ -70,3 +71,39 @@ def test_a_missing_model_and_bad_observations_are_refused(tmp_path: Path, shippe
         predictor.predict_raw(["a", "b"], [1])
     with pytest.raises(AladdinError, match="min_samples"):
         CorrectionConfig(window=4, min_samples=8)
+
+
+def test_a_quantile_prediction_starts_at_the_validation_quantile_and_then_follows_served_lengths(shipped) -> None:
+    model, meta = shipped
+    typical = TextLengthPredictor(model, meta)
+    q90 = TextLengthPredictor(model, meta, CorrectionConfig(window=64, min_samples=8), quantile=0.9)
+    assert q90.correction == pytest.approx(math.exp(meta.residual_quantile(0.9)))
+    assert q90.predict(ESSAY, 30) > typical.predict(ESSAY, 30)
+    raw = float(q90.predict_raw([ESSAY], [30])[0])
+    served = [math.ceil(ratio * raw) for ratio in (0.5, 1, 1, 1, 1, 1, 1, 1, 2, 4)]  # mostly as predicted, a long tail
+    for tokens in served:
+        q90.observe(raw, tokens)
+    assert q90.correction == pytest.approx(math.exp(float(np.quantile(np.log(np.array(served) / raw), 0.9))))
+    assert 2.0 <= q90.correction <= 4.0
+    with pytest.raises(AladdinError, match=r"in \(0, 1\)"):
+        TextLengthPredictor(model, meta, quantile=1.5)
+    with pytest.raises(AladdinError, match="residual quantiles"):
+        TextLengthPredictor(model, meta, quantile=0.999)
+
+
+def test_the_simulator_places_with_the_text_models_predictions(shipped) -> None:
+    from aladdin.loadgen.datasets import RequestSpec
+    from aladdin.loadgen.schedule import ScheduledRequest
+    from aladdin.plugin.core.perfmodel import DecodeModel, KVModel, PerfModel, PrefillModel
+    from aladdin.plugin.predict.text import with_predictions
+    from aladdin.plugin.sim.simulator import SimConfig, simulate
+
+    perf = PerfModel(PrefillModel(1e-5, 0.0, 1e-3), DecodeModel(1e-4, 1e-8, 5e-3), KVModel(16, 65536), 64, 2048)
+    schedule = [ScheduledRequest(f"r{i}", 0.1 * i, RequestSpec(text, tokens, 50, None, None, f"r{i}"))
+                for i, (text, tokens) in enumerate([(ESSAY, 30), (YES_NO, 14), (ESSAY, 30)])]
+    predicted = with_predictions(schedule, TextLengthPredictor(*shipped))
+    assert [r.predicted_output_tokens for r in predicted] == [TextLengthPredictor(*shipped).predict(r.spec.prompt,
+                                                              r.spec.prompt_tokens) for r in schedule]
+    result = simulate(predicted, perf, SimConfig(num_workers=2, policy="aladdin"))
+    assert result.first_prediction.tolist() == [min(r.predicted_output_tokens, 4096) for r in predicted]
+    assert with_predictions([], TextLengthPredictor(*shipped)) == []

@@ -142,10 +142,10 @@ def rebuild(row, step, inflation, scalars, ints, floats, steps, tables):
 
 
 @njit(cache=True)
-def kv_check(rows, delta, scalars, steps, tables, context, new_steps, share):
+def kv_check(rows, delta, scalars, steps, tables, context, new_steps, shares):
     """Per row: the peak KV's fill (its lower bound / capacity) with a request of ``context``
-    tokens growing for ``new_steps`` steps added, and whether it stays within ``share`` of the
-    capacity (the bounds: unrounded, and every block partly full). A request bigger than the
+    tokens growing for ``new_steps`` steps added, and whether it stays within ``shares[i]`` of
+    the capacity (the bounds: unrounded, and every block partly full). A request bigger than the
     cache even alone always fits: holding it back would not help."""
     fill = np.empty(rows.size)
     verdict = np.empty(rows.size, dtype=np.int64)
@@ -171,7 +171,7 @@ def kv_check(rows, delta, scalars, steps, tables, context, new_steps, share):
             hi = max(hi, context + new_steps - 1.0 + block - 1)
         capacity = scalars[CAPACITY, w]
         fill[i] = max(lo, 0.0) / capacity
-        limit = share * capacity
+        limit = shares[i] * capacity
         if math.ceil((context + new_steps - 1.0) / block) * block > limit or hi <= limit:
             verdict[i] = KV_FITS
         elif lo > limit:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -104,15 +105,28 @@ class Evaluation:
 
     # ------------------------------------------------------------------ KV
 
-    def kv_check(self, rows: np.ndarray, share: float) -> np.ndarray:
+    def kv_check(self, rows: np.ndarray, share: float | np.ndarray) -> np.ndarray:
         """Per row, whether the predicted peak KV with the request stays within ``share`` of the
-        cache (kernels.KV_FITS / KV_OVER / KV_CLOSE: the bounds straddle, see ``exact_peak``)."""
+        cache (one for all rows, or one per row; kernels.KV_FITS / KV_OVER / KV_CLOSE: the
+        bounds straddle, see ``exact_peak``)."""
         pool = self.pool
+        shares = np.ascontiguousarray(np.broadcast_to(np.asarray(share, dtype=np.float64), rows.shape))
         fill, verdict = kernels.kv_check(rows, self.delta, pool.scalars, pool.steps, pool.tables, float(self.context),
-                                         self.steps, share)
+                                         self.steps, shares)
         self.kv_fill[rows] = fill
         self.kv_done[rows] = True
         return verdict
+
+    def remaining_spread(self, rows: np.ndarray) -> np.ndarray:
+        """Per row: the root sum of squares of the predicted remaining tokens of the residents
+        still growing and of the request, the spread of the worker's total remaining length
+        when each length's error is proportional to it and independent (in tokens per unit CV)."""
+        pool = self.pool
+        d = self.delta[rows][:, None]
+        remaining = pool.ints[kernels.REMAINING][rows] - d
+        alive = pool.ints[kernels.LIVE][rows].astype(bool) & (remaining > 0)
+        squares = np.where(alive, remaining.astype(np.float64) ** 2, 0.0).sum(axis=1)
+        return np.sqrt(squares + float(self.steps) ** 2)
 
     def exact_peak(self, row: int) -> int:
         """Block-rounded peak KV of worker ``row`` with the request (where the bounds straddle)."""
@@ -201,6 +215,33 @@ class KVPeak(Filter):
 
 
 @dataclass
+class KVChance(Filter):
+    """Chance-constrained KV: the predicted peak plus z standard deviations of the worker's
+    remaining length within the cache, z the normal quantile of 1 - ``violation``. Each
+    resident's (and the request's) remaining length errs by ``cv`` times itself,
+    independently, so the margin grows with the root of the residents' count, not with it as
+    a fixed headroom does: a large cache packs closer, and the chance that a worker runs out of
+    KV (and preempts) stays near ``violation`` instead of the ~50% of a mean reservation. The
+    policy's headroom is left to its ATGT filters."""
+
+    violation: float
+    cv: float
+    name = "kv-chance"
+
+    def __post_init__(self) -> None:
+        self.z = statistics.NormalDist().inv_cdf(1.0 - self.violation)
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        capacity = ev.s("capacity")[rows]
+        limits = 1.0 - self.z * self.cv * ev.remaining_spread(rows) / capacity
+        verdict = ev.kv_check(rows, limits)
+        keep = verdict == kernels.KV_FITS
+        for i in np.flatnonzero(verdict == kernels.KV_CLOSE).tolist():
+            keep[i] = ev.exact_peak(int(rows[i])) <= limits[i] * capacity[i]
+        return rows[keep]
+
+
+@dataclass
 class OwnATGT(Filter):
     """The new request's predicted ATGT within (1 - headroom) of its SLO."""
 
@@ -247,6 +288,25 @@ class TTFT(Filter):
         """The rows with the least predicted TTFT."""
         ttft = ev.ttft()[0][rows]
         return rows[ttft == ttft.min()]
+
+
+class Available(Filter):
+    """Workers in the pool (up: healthy, or in the simulator neither starting nor draining) and
+    not excluded for this request (it was handed back or failed there): a driver's filter placed
+    before the policy's own (the router's, the autoscaling simulator's)."""
+
+    name = "available"
+
+    def __init__(self, workers: int):
+        self.up = np.ones(workers, dtype=bool)
+        self.excluded: dict[str, list[int]] = {}
+
+    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
+        keep = self.up[rows]
+        excluded = self.excluded.get(ev.request.id)
+        if excluded:
+            keep = keep & ~np.isin(rows, excluded)
+        return rows[keep]
 
 
 @dataclass

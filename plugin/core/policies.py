@@ -8,6 +8,9 @@ The named ones:
   (pack), so load concentrates and idle workers can be released.
 - ``aladdin-spread``: the same filters, the emptiest feasible worker wins (spread), keeping
   slack on every worker against prediction error.
+- ``aladdin-chance``: packing with a chance-constrained KV filter (``kv-chance``): the KV margin
+  against length errors is a quantile of the worker's summed remaining length (``violation``,
+  ``length_cv``), not a fixed share of the cache; the headroom applies to its ATGT filters.
 - ``jsq`` (fewest outstanding), ``po2`` (two random workers, the one with fewer outstanding),
   ``rr`` (round robin), ``least-kv`` (fewest KV tokens held): the baselines.
 
@@ -29,13 +32,18 @@ if TYPE_CHECKING:
     from aladdin.plugin.core.pipeline import Pipeline
 # The names a spec may use; what they build is in ``_parts`` (imported on build, so naming a
 # policy, e.g. for --help, loads neither numpy nor the compiled kernels).
-FILTERS = ("seqs", "kv", "atgt-own", "atgt", "ttft", "random2")
+FILTERS = ("seqs", "kv", "kv-chance", "atgt-own", "atgt", "ttft", "random2")
 SCORERS = ("fill", "outstanding", "kv-held", "ttft", "turn")
 PICKS = ("max", "min")
 TIES = ("id", "random")
-PREDICTIVE = {"kv", "atgt-own", "atgt", "ttft", "fill"}  # parts that read predicted lengths
+PREDICTIVE = {"kv", "kv-chance", "atgt-own", "atgt", "ttft", "fill"}  # parts that read predicted lengths
 
 ALADDIN_FILTERS = ("seqs", "kv", "atgt-own", "atgt", "ttft")
+CHANCE_FILTERS = ("seqs", "kv-chance", "atgt-own", "atgt", "ttft")
+# kv-chance: the chance a worker's KV runs out, and the relative spread of an output length
+# around its prediction: 0.67 for the bucket mean on ShareGPT (bench_predictor.py, "rel. spread")
+DEFAULT_VIOLATION = 0.05
+DEFAULT_LENGTH_CV = 0.7
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class PolicySpec:
     tie: str = "id"
     headroom: float = 0.0  # share of the KV and ATGT budgets kept free, against prediction error
     seed: int = 0
+    violation: float = DEFAULT_VIOLATION  # kv-chance: target chance that a worker runs out of KV
+    length_cv: float = DEFAULT_LENGTH_CV  # kv-chance: an output length's error / its prediction (std)
 
     def __post_init__(self) -> None:
         for name in self.filters:
@@ -67,6 +77,10 @@ class PolicySpec:
             raise AladdinError(f"tie must be one of {', '.join(TIES)}, got {self.tie!r}")
         if not 0.0 <= self.headroom < 1.0:
             raise AladdinError(f"headroom must be in [0, 1), got {self.headroom}")
+        if not 0.0 < self.violation < 0.5:
+            raise AladdinError(f"violation must be in (0, 0.5), got {self.violation}")
+        if not (math.isfinite(self.length_cv) and self.length_cv >= 0):
+            raise AladdinError(f"length_cv must be >= 0, got {self.length_cv}")
 
     @property
     def uses_predictions(self) -> bool:
@@ -74,7 +88,7 @@ class PolicySpec:
 
     @property
     def takes_headroom(self) -> bool:
-        return bool({"kv", "atgt-own", "atgt"} & set(self.filters))
+        return bool({"kv", "atgt-own", "atgt"} & set(self.filters))  # kv-chance keeps its own margin
 
     def build(self) -> Pipeline:
         from aladdin.plugin.core.pipeline import Picker, Pipeline
@@ -98,6 +112,7 @@ def _parts() -> tuple[dict[str, Callable[[PolicySpec], object]], dict[str, Calla
     filters: dict[str, Callable[[PolicySpec], object]] = {
         "seqs": lambda spec: p.MaxSeqs(),
         "kv": lambda spec: p.KVPeak(spec.headroom),
+        "kv-chance": lambda spec: p.KVChance(spec.violation, spec.length_cv),
         "atgt-own": lambda spec: p.OwnATGT(spec.headroom),
         "atgt": lambda spec: p.ResidentATGT(spec.headroom),
         "ttft": lambda spec: p.TTFT(),
@@ -114,6 +129,7 @@ NAMED: dict[str, PolicySpec] = {
     for spec in (
         PolicySpec("aladdin", ALADDIN_FILTERS, (("fill", 1.0),), pick="max"),
         PolicySpec("aladdin-spread", ALADDIN_FILTERS, (("fill", 1.0),), pick="min"),
+        PolicySpec("aladdin-chance", CHANCE_FILTERS, (("fill", 1.0),), pick="max"),
         PolicySpec("jsq", (), (("outstanding", 1.0),)),
         PolicySpec("po2", ("random2",), (("outstanding", 1.0),)),
         PolicySpec("rr", (), (("turn", 1.0),)),
@@ -152,7 +168,7 @@ def parse_policy(text: str, headroom: float | None = None, seed: int = 0) -> Pol
 
 
 def _from_fields(label: str, fields: dict[str, Any], headroom: float | None, seed: int) -> PolicySpec:
-    known = {"name", "filters", "score", "pick", "tie", "headroom", "seed"}
+    known = {"name", "filters", "score", "pick", "tie", "headroom", "seed", "violation", "length_cv"}
     unknown = set(fields) - known
     if unknown:
         raise AladdinError(f"policy {label}: unknown keys {sorted(unknown)}; use {sorted(known)}")
@@ -180,6 +196,8 @@ def _from_fields(label: str, fields: dict[str, Any], headroom: float | None, see
             tie=str(fields.get("tie", "id")),
             headroom=float(headroom if headroom is not None else fields.get("headroom", 0.0)),
             seed=int(fields.get("seed", seed)),
+            violation=float(fields.get("violation", DEFAULT_VIOLATION)),
+            length_cv=float(fields.get("length_cv", DEFAULT_LENGTH_CV)),
         )
     except (TypeError, ValueError) as exc:
         raise AladdinError(f"policy {label}: {exc}") from None

@@ -209,6 +209,9 @@ class PredictionErrors:
     median_abs_pct_error: float  # 100 * |predicted - actual| / actual
     under_prediction_rate: float  # fraction with predicted < actual (these force re-predictions)
     mean_error: float  # signed mean of predicted - actual (bias)
+    # std of (actual - predicted) / predicted: how spread a length is around its prediction,
+    # relative to it (the kv-chance filter's length_cv)
+    relative_spread: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,6 +230,7 @@ def prediction_errors(predicted: ArrayLike, actual: ArrayLike) -> PredictionErro
         median_abs_pct_error=float(np.median(100.0 * np.abs(difference) / np.maximum(actual, 1.0))),
         under_prediction_rate=float((difference < 0).mean()),
         mean_error=float(difference.mean()),
+        relative_spread=float(np.std(-difference / np.maximum(predicted, 1.0))),
     )
 
 

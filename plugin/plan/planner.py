@@ -33,7 +33,7 @@ from aladdin.loadgen.arrivals import make_offsets
 from aladdin.loadgen.datasets import RequestSpec
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.perfmodel import PerfModel
-from aladdin.plugin.core.policies import NAMED, PolicySpec, named_policy
+from aladdin.plugin.core.policies import ALADDIN_FILTERS, NAMED, PolicySpec, named_policy
 from aladdin.plugin.core.predictor import PredictorConfig
 from aladdin.plugin.core.queue import QUEUE_ORDERS
 from aladdin.plugin.sim.simulator import SimConfig, simulate
@@ -87,7 +87,9 @@ class Variant:
         if not self.slo_aware:
             return FCFS
         # pack and spread pick among the same filters: on one worker they are the same policy
-        return f"slo-aware(h={self.headroom:g}, {self.queue}{', oracle' if self.oracle_lengths else ''})"
+        filters = NAMED[self.policy].filters
+        kind = "slo-aware" if filters == ALADDIN_FILTERS else f"slo-aware[{','.join(filters)}]"
+        return f"{kind}(h={self.headroom:g}, {self.queue}{', oracle' if self.oracle_lengths else ''})"
 
     def make(self, seed: int) -> PolicySpec:
         return named_policy(self.policy, self.headroom, seed)
@@ -530,7 +532,7 @@ class Planner:
         probes: dict[int, Probe] = {}
         # aladdin leaves surplus workers idle, and idle workers beyond the first never change its
         # choices: a run on n workers that used u < n is the run on u workers, and on any more.
-        shortcut = variant.policy == "aladdin"  # packing only: spreading uses every worker
+        shortcut = NAMED[variant.policy].pick == "max" and variant.slo_aware  # packing only: spreading uses every worker
 
         def run(n: int) -> Probe:
             if n not in probes:

@@ -22,13 +22,16 @@ import math
 import pickle
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aladdin.errors import AladdinError
+
+if TYPE_CHECKING:
+    from aladdin.loadgen.schedule import ScheduledRequest
 
 MODEL_DIR = Path(__file__).resolve().parent
 MODEL_FILE = "sharegpt_length.pkl.gz"
@@ -112,6 +115,20 @@ class ModelMeta:
     sklearn_version: str
     log_residual_median: float  # median log(actual / predicted) on the validation split: the correction's zero
     training: dict[str, Any]  # how the training set was built (sizes, split, features)
+    # quantiles of log(actual / predicted) on the validation split, by quantile ("0.9"): a
+    # quantile prediction's factor until enough served requests have finished
+    log_residual_quantiles: dict[str, float] = field(default_factory=dict)
+
+    def residual_quantile(self, quantile: float) -> float:
+        """The validation split's ``quantile`` of log(actual / predicted), interpolated between
+        the recorded ones; AladdinError outside them."""
+        known = sorted((float(q), value) for q, value in self.log_residual_quantiles.items())
+        if not known or not known[0][0] <= quantile <= known[-1][0]:
+            span = f"{known[0][0]:g}-{known[-1][0]:g}" if known else "none recorded"
+            raise AladdinError(f"the text length model knows residual quantiles {span}, not {quantile:g}; "
+                               f"retrain with {RETRAIN}")
+        qs, values = zip(*known)
+        return float(np.interp(quantile, qs, values))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,26 +178,45 @@ class CorrectionConfig:
 
 
 class TextLengthPredictor:
-    """Output tokens from the prompt text; ``observe`` feeds finished requests to the correction."""
+    """Output tokens from the prompt text; ``observe`` feeds finished requests to the correction.
 
-    def __init__(self, model: TextLengthModel, meta: ModelMeta, correction: CorrectionConfig | None = None):
+    ``quantile`` None predicts a typical length (the model's, corrected for drift). A value in
+    (0, 1) predicts that quantile of the length instead, for reservations that must rarely fall
+    short: the model's prediction times exp(that quantile of the recent log ratios actual /
+    predicted), or of the validation split's until enough requests have finished.
+    """
+
+    def __init__(self, model: TextLengthModel, meta: ModelMeta, correction: CorrectionConfig | None = None,
+                 quantile: float | None = None):
+        if quantile is not None:
+            if not 0.0 < quantile < 1.0:
+                raise AladdinError(f"the length quantile must be in (0, 1) or None for a typical length, got {quantile}")
+            meta.residual_quantile(quantile)  # known to the model, or one clear error now
         self.model = model
         self.meta = meta
+        self.quantile = quantile
         self.correction_config = correction or CorrectionConfig()
         self._log_ratios: deque[float] = deque(maxlen=self.correction_config.window)
-        self._factor: float | None = 1.0  # None: stale, recomputed on the next prediction
+        self._factor: float | None = None  # None: stale, recomputed on the next prediction
 
     @classmethod
-    def load(cls, folder: Path = MODEL_DIR, correction: CorrectionConfig | None = None) -> TextLengthPredictor:
-        return cls(*load_model(folder), correction)
+    def load(cls, folder: Path = MODEL_DIR, correction: CorrectionConfig | None = None,
+             quantile: float | None = None) -> TextLengthPredictor:
+        return cls(*load_model(folder), correction, quantile)
 
     @property
     def correction(self) -> float:
-        """The factor predictions are multiplied by: exp(median recent log ratio - the training median)."""
+        """The factor predictions are multiplied by. Typical lengths: exp(median recent log
+        ratio - the validation median), 1 before ``min_samples``; a quantile: exp(that quantile
+        of the recent log ratios), the validation split's before ``min_samples``."""
         if self._factor is None:
             ratios = self._log_ratios
             enough = len(ratios) >= self.correction_config.min_samples
-            self._factor = math.exp(float(np.median(ratios)) - self.meta.log_residual_median) if enough else 1.0
+            if self.quantile is None:
+                self._factor = math.exp(float(np.median(ratios)) - self.meta.log_residual_median) if enough else 1.0
+            else:
+                self._factor = math.exp(float(np.quantile(ratios, self.quantile)) if enough
+                                        else self.meta.residual_quantile(self.quantile))
         return self._factor
 
     def predict_raw(self, texts: Sequence[str], prompt_tokens: Sequence[int]) -> np.ndarray:
@@ -203,3 +239,13 @@ class TextLengthPredictor:
             raise AladdinError(f"need output_tokens >= 1 and a positive prediction, got {output_tokens}, {raw_prediction}")
         self._log_ratios.append(math.log(output_tokens / raw_prediction))
         self._factor = None
+
+
+def with_predictions(schedule: Sequence[ScheduledRequest], predictor: TextLengthPredictor) -> list[ScheduledRequest]:
+    """The schedule with each request's length predicted from its prompt text, at the
+    predictor's current correction (a fresh one: the validation split's; a simulation learns no
+    drift, as its workload is the model's own distribution). One batch: fast."""
+    if not schedule:
+        return []
+    raw = predictor.predict_raw([r.spec.prompt for r in schedule], [r.spec.prompt_tokens for r in schedule])
+    return [replace(r, predicted_output_tokens=predictor.corrected(float(value))) for r, value in zip(schedule, raw)]

@@ -141,12 +141,12 @@ class Router:
         except web.HTTPRequestEntityTooLarge:
             self.metrics.bad_requests.inc()
             raise ClientError(413, f"the request body is larger than {cfg.max_body_bytes} bytes") from None
-        parsed, prompt_tokens, cap = await service.measure(request.path, body, request.headers)
-        ttft, atgt = service.slos(parsed)
+        measured = await service.measure(request.path, body, request.headers)
+        parsed = measured.parsed
         service.desired.arrived()
         ticket: Ticket | None = None
         try:
-            ticket = placer.admit(prompt_tokens, cap, ttft, atgt, parsed.predicted_output_tokens)
+            ticket = service.admit(measured)
             last = ""
             while True:
                 worker = await placer.wait(ticket, cfg.timeouts.queue)

@@ -26,6 +26,9 @@ PLACEMENT_OPTIONS = [
     click.option("--length-quantile", default=None, metavar="Q|mean",
                  help="Output lengths are predicted as this quantile of past ones, or 'mean' (the paper's choice). "
                       "Default: the engine plugin's, 0.95 (a KV reservation that falls short becomes a preemption)."),
+    click.option("--length-predictor", type=click.Choice(["bucket", "text"]), default="bucket", show_default=True,
+                 help="Predict output lengths from the prompt's length (the core's buckets) or from its text "
+                      "(the shipped ShareGPT model; the 'predict' extra), at --length-quantile either way."),
     click.option("--ttft-slo", type=float, default=math.inf, help="Default TTFT SLO, seconds (headers override)."),
     click.option("--atgt-slo", type=float, default=math.inf, help="Default ATGT SLO, seconds per token."),
     click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False), default=None,
@@ -55,7 +58,8 @@ def placement_options(fn):
 
 
 def placement_config(workers: tuple[str, ...], host: str, port: int, *, policy: str, profile: str | None,
-                     headroom: float | None, length_quantile: str | None, ttft_slo: float, atgt_slo: float,
+                     headroom: float | None, length_quantile: str | None, length_predictor: str,
+                     ttft_slo: float, atgt_slo: float,
                      max_queue: int, lost_ttft: str, queue_order: str, queue_timeout: float,
                      worker_api_key: str | None, max_body_bytes: int, health_interval: float,
                      worker_rate: float | None, scale_interval: float, min_workers: int, **transport: Any):
@@ -67,7 +71,8 @@ def placement_config(workers: tuple[str, ...], host: str, port: int, *, policy: 
     quantile = {} if length_quantile is None else {"length_quantile": _quantile(length_quantile)}
     timeouts = transport.pop("timeouts", {})
     config = RouterConfig(
-        workers=workers, policy=policy, profile=profile, headroom=headroom, ttft_slo=ttft_slo, atgt_slo=atgt_slo,
+        workers=workers, policy=policy, profile=profile, headroom=headroom, length_predictor=length_predictor,
+        ttft_slo=ttft_slo, atgt_slo=atgt_slo,
         host=host, port=port, max_queue=max_queue, lost_ttft=lost_ttft, queue_order=queue_order,
         worker_api_key=worker_api_key, max_body_bytes=max_body_bytes, health_interval_s=health_interval,
         timeouts=Timeouts(queue=queue_timeout, **timeouts),

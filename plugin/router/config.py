@@ -14,6 +14,7 @@ from aladdin.errors import AladdinError
 from aladdin.plugin.core.predictor import RESERVATION_QUANTILE
 
 LOST_TTFT_RULES = ("shed", "best-effort")
+LENGTH_PREDICTORS = ("bucket", "text")  # the core's bucket statistic, or aladdin.plugin.predict.text
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class RouterConfig:
     profile: str | None = None
     headroom: float | None = None  # of the policy's KV and ATGT filters
     length_quantile: float | None = RESERVATION_QUANTILE  # of past output lengths predicted; None: the mean
+    length_predictor: str = "bucket"  # "bucket": from the prompt's length; "text": from its words (predict extra)
     ttft_slo: float = math.inf
     atgt_slo: float = math.inf
     host: str = "127.0.0.1"
@@ -114,6 +116,9 @@ class RouterConfig:
                 raise AladdinError(f"--{name.replace('_', '-')} must be > 0 seconds, got {getattr(self, name)}")
         if self.length_quantile is not None and not 0.0 < self.length_quantile < 1.0:
             raise AladdinError(f"--length-quantile must be in (0, 1) or 'mean', got {self.length_quantile}")
+        if self.length_predictor not in LENGTH_PREDICTORS:
+            raise AladdinError(f"--length-predictor must be one of {', '.join(LENGTH_PREDICTORS)}, "
+                               f"got {self.length_predictor!r}")
         if self.max_queue < 0 or self.max_attempts < 1 or self.unhealthy_after < 1:
             raise AladdinError("--max-queue must be >= 0, --max-attempts >= 1 and unhealthy-after >= 1")
         if self.lost_ttft not in LOST_TTFT_RULES:

@@ -64,6 +64,17 @@ class ParsedRequest:
         return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
+def prompt_text(request: ParsedRequest) -> str:
+    """The prompt's words, for a length model that reads them: a completion's prompt, or the
+    chat messages' contents one per line (a prompt given as token ids has none)."""
+    if request.chat:
+        return "\n".join(_content_text(m.get("content")) for m in request.payload["messages"])
+    prompt = request.payload["prompt"]
+    if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else ""
+
+
 class Tokenizer(Protocol):
     """Counts a request's prompt tokens (blocking; the router calls it in an executor)."""
 

@@ -322,12 +322,11 @@ class Picker(ext_grpc.ExternalProcessorServicer):
             self.metrics.bad_requests.inc()
             raise ClientError(413, f"the request body is larger than {self.config.placement.max_body_bytes} bytes")
         headers = CIMultiDict(exchange.headers)  # HTTP/2 and Envoy lower-case names; the SLO headers' are mixed
-        parsed, prompt_tokens, cap = await service.measure(exchange.path, bytes(exchange.body), headers)
-        ttft, atgt = service.slos(parsed)
+        measured = await service.measure(exchange.path, bytes(exchange.body), headers)
+        parsed = measured.parsed
         service.desired.arrived()
         try:
-            ticket = placer.admit(prompt_tokens, cap, ttft, atgt, parsed.predicted_output_tokens,
-                                  only=eligible if exchange.subset is not None else None)
+            ticket = service.admit(measured, only=eligible if exchange.subset is not None else None)
             exchange.ticket = ticket
             worker = await placer.wait(ticket, self.config.placement.timeouts.queue)
         except Refused as refusal:

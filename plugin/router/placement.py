@@ -22,11 +22,12 @@ import numpy as np
 from aladdin.errors import AladdinError
 from aladdin.plugin.core.lifecycle import Decision, Placement, Scheduler, SchedulerConfig, Shed
 from aladdin.plugin.core.perfmodel import KVModel, PerfModel
-from aladdin.plugin.core.pipeline import Evaluation, Filter, Pipeline
+from aladdin.plugin.core.pipeline import Available, Evaluation, Pipeline
 from aladdin.plugin.core.policies import PolicySpec
 from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig
 from aladdin.plugin.core.request import Request, RequestStatus
 from aladdin.plugin.core.worker import RequestReport
+from aladdin.plugin.predict.text import TextLengthPredictor
 from aladdin.plugin.router.metrics import RouterMetrics
 
 ID_PREFIX = "rtr"  # router request ids: rtr + 24 hex digits (found again inside engine request ids)
@@ -40,24 +41,6 @@ class Refused(Exception):
         super().__init__(message)
         self.reason = reason  # queue_full | ttft_lost | queue_timeout | no_worker
         self.message = message
-
-
-class Available(Filter):
-    """Workers in the pool (healthy) and not excluded for this request (it was handed back or
-    failed there): a router-side filter placed before the policy's own."""
-
-    name = "available"
-
-    def __init__(self, workers: int):
-        self.up = np.ones(workers, dtype=bool)
-        self.excluded: dict[str, list[int]] = {}
-
-    def __call__(self, ev: Evaluation, rows: np.ndarray) -> np.ndarray:
-        keep = self.up[rows]
-        excluded = self.excluded.get(ev.request.id)
-        if excluded:
-            keep = keep & ~np.isin(rows, excluded)
-        return rows[keep]
 
 
 @dataclass(eq=False)
@@ -76,6 +59,7 @@ class Ticket:
     done: bool = False
     released: bool = False  # the front end no longer follows its stream: the worker's reports end it
     reported: bool = False  # the worker's state has listed it
+    text_prediction: float | None = None  # the text model's uncorrected length, for its online correction
 
 
 class Placer:
@@ -85,7 +69,7 @@ class Placer:
     def __init__(self, workers: Sequence[tuple[str, PerfModel]], spec: PolicySpec, metrics: RouterMetrics, *,
                  max_queue: int, lost_ttft: str = "shed", queue_order: str = "fcfs",
                  clock: Callable[[], float] = time.monotonic, max_output_tokens: int | None = None,
-                 length_quantile: float | None = None):
+                 length_quantile: float | None = None, text_predictor: TextLengthPredictor | None = None):
         built = spec.build()
         self.available = Available(len(workers))
         pipeline = Pipeline(built.name, [self.available, *built.filters], built.scorers, built.picker,
@@ -94,6 +78,7 @@ class Placer:
             workers, pipeline, LengthPredictor(PredictorConfig(quantile=length_quantile, max_output_tokens=max_output_tokens)),
             SchedulerConfig(queue=queue_order, lost_ttft=lost_ttft, frontend_paid=False),
         )
+        self.text_predictor = text_predictor
         self.spec = spec
         self.metrics = metrics
         self.max_queue = max_queue
@@ -106,11 +91,17 @@ class Placer:
     # ------------------------------------------------------------------ arrival and waiting
 
     def admit(self, prompt_tokens: int, max_output_tokens: int, ttft_slo: float, atgt_slo: float,
-              predicted_output_tokens: int | None = None, only: Sequence[str] | None = None) -> Ticket:
-        """A new request: predict its length (the caller's prediction if it gave one; capped by
+              predicted_output_tokens: int | None = None, only: Sequence[str] | None = None,
+              text_prediction: float | None = None) -> Ticket:
+        """A new request: predict its length (the caller's prediction if it gave one, else the
+        text model's ``text_prediction`` corrected, else the core's; capped by
         ``max_output_tokens``), place or queue it, on one of the workers ``only`` names if given
         (a gateway's subset). Refused when the queue is past its bound."""
         now = self.clock()
+        if predicted_output_tokens is None and text_prediction is not None and self.text_predictor is not None:
+            predicted_output_tokens = self.text_predictor.corrected(text_prediction)
+        else:
+            text_prediction = None  # not what placed it: nothing for the text model to learn
         request_id = f"{ID_PREFIX}{uuid.uuid4().hex[:24]}"
         if only is not None:
             allowed = {self.rows[w] for w in only if w in self.rows}
@@ -118,7 +109,8 @@ class Placer:
         core = Request(request_id, prompt_tokens, now, ttft_slo=ttft_slo, atgt_slo=atgt_slo,
                        predicted_output_tokens=predicted_output_tokens or 0, max_output_tokens=max_output_tokens)
         self.scheduler.predict(core)  # capped by max_output_tokens, as every re-prediction
-        ticket = Ticket(request_id, core, max_output_tokens, asyncio.get_running_loop().create_future(), now)
+        ticket = Ticket(request_id, core, max_output_tokens, asyncio.get_running_loop().create_future(), now,
+                        text_prediction=text_prediction)
         self.tickets[request_id] = ticket
         self._offer(ticket, now)
         return ticket
@@ -217,6 +209,8 @@ class Placer:
             self.metrics.length_error.observe(output_tokens - ticket.core.first_prediction)
             self.metrics.predicted_tokens.inc(amount=ticket.core.first_prediction)
             self.metrics.actual_tokens.inc(amount=output_tokens)
+            if ticket.text_prediction is not None and self.text_predictor is not None:
+                self.text_predictor.observe(ticket.text_prediction, output_tokens)
             self._apply(self.scheduler.finish(ticket.id, output_tokens, now), now)
         else:
             self._apply(self.scheduler.abort(ticket.id, now), now)

@@ -16,8 +16,8 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -28,9 +28,12 @@ from aladdin.plugin.router import inputs
 from aladdin.plugin.router.config import RouterConfig
 from aladdin.plugin.router.inputs import ClientError, ParsedRequest, Tokenizer
 from aladdin.plugin.router.metrics import RouterMetrics
-from aladdin.plugin.router.placement import Placer
+from aladdin.plugin.router.placement import Placer, Ticket
 from aladdin.plugin.router.scaling import DesiredWorkers
 from aladdin.plugin.router.workers import ROUTER_ID, Endpoint, Workers, reports_from_state
+
+if TYPE_CHECKING:
+    from aladdin.plugin.predict.text import TextLengthPredictor
 
 log = logging.getLogger("aladdin.router")
 
@@ -38,6 +41,16 @@ DEFAULT_MAX_NUM_SEQS = 256  # without a profile: vLLM's default
 DEFAULT_MAX_BATCHED_TOKENS = 8192
 KEEPALIVE_S = 3.0  # idle upstream connections are dropped before uvicorn's 5 s keep-alive closes them
 UNSEEN_GRACE_S = 2.0  # a released request its worker never reported within this long has ended
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A checked request, counted: what placement needs besides its SLOs."""
+
+    parsed: ParsedRequest
+    prompt_tokens: int
+    max_output_tokens: int  # the output cap: its max_tokens, within the largest context
+    text_prediction: float | None = None  # the text model's uncorrected length (--length-predictor text)
 
 
 class PlacementService:
@@ -58,6 +71,7 @@ class PlacementService:
         self.session: aiohttp.ClientSession | None = None
         self.workers: Workers | None = None
         self.placer: Placer | None = None
+        self.text_predictor: TextLengthPredictor | None = None  # --length-predictor text
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aladdin-tokenize")
         # one thread: a fast tokenizer called from two threads at once raises "Already borrowed"
         self._tick_task: asyncio.Task | None = None
@@ -76,9 +90,15 @@ class PlacementService:
         models = self._perf_models()
         spec = parse_policy(self.config.policy, self.config.headroom)
         limit = self.context_limit(None)
+        if self.config.length_predictor == "text":
+            from aladdin.plugin.predict.text import TextLengthPredictor
+
+            self.text_predictor = await loop.run_in_executor(
+                None, lambda: TextLengthPredictor.load(quantile=self.config.length_quantile))
         self.placer = await loop.run_in_executor(None, lambda: Placer(
             models, spec, self.metrics, max_queue=self.config.max_queue, lost_ttft=self.config.lost_ttft,
-            queue_order=self.config.queue_order, max_output_tokens=limit, length_quantile=self.config.length_quantile))
+            queue_order=self.config.queue_order, max_output_tokens=limit, length_quantile=self.config.length_quantile,
+            text_predictor=self.text_predictor))
         for endpoint in self.workers.endpoints.values():
             self.placer.set_up(endpoint.id, endpoint.up)
         self.metrics.start_series(list(self.workers.endpoints))
@@ -221,9 +241,9 @@ class PlacementService:
                 limits.append(min(bounds))
         return max(limits) if limits else None
 
-    async def measure(self, path: str, body: bytes, headers: Any) -> tuple[ParsedRequest, int, int]:
-        """Check a completion request and count its prompt: (parsed, prompt tokens, output cap).
-        Bad input raises ClientError (and is counted)."""
+    async def measure(self, path: str, body: bytes, headers: Any) -> Measured:
+        """Check a completion request, count its prompt and (with the text model) predict its
+        length from its words, off the event loop. Bad input raises ClientError (and is counted)."""
         assert self.tokenizer is not None
         try:
             parsed = inputs.parse(path, body, headers)
@@ -241,7 +261,21 @@ class PlacementService:
         cap = (limit - prompt_tokens) if limit is not None else (parsed.max_tokens or 2**31)
         if parsed.max_tokens is not None:
             cap = min(cap, parsed.max_tokens)
-        return parsed, prompt_tokens, max(cap, 1)
+        text_prediction = None
+        model = self.text_predictor
+        if model is not None and parsed.predicted_output_tokens is None:
+            text = inputs.prompt_text(parsed)
+            raw = await loop.run_in_executor(self.executor, lambda: model.predict_raw([text], [prompt_tokens]))
+            text_prediction = float(raw[0])
+        return Measured(parsed, prompt_tokens, max(cap, 1), text_prediction)
+
+    def admit(self, measured: Measured, only: list[str] | None = None) -> Ticket:
+        """Place or queue a measured request with its SLOs (see Placer.admit); Refused past the queue's bound."""
+        assert self.placer is not None
+        ttft, atgt = self.slos(measured.parsed)
+        return self.placer.admit(measured.prompt_tokens, measured.max_output_tokens, ttft, atgt,
+                                 measured.parsed.predicted_output_tokens, only=only,
+                                 text_prediction=measured.text_prediction)
 
     def slos(self, parsed: ParsedRequest) -> tuple[float, float]:
         """The request's (TTFT, ATGT) SLOs: its headers', else the defaults."""

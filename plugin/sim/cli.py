@@ -55,15 +55,18 @@ from aladdin.plugin.core.queue import QUEUE_ORDERS
                    "arrival waits one more step and a finished request holds its seat and KV one step longer. "
                    "Default: as vLLM runs on the profile's hardware: on for a GPU, off for a CPU.")
 @click.option("--oracle-lengths", is_flag=True, help="Place with the true output lengths instead of predictions.")
+@click.option("--length-predictor", type=click.Choice(["bucket", "text"]), default="bucket", show_default=True,
+              help="Predict output lengths from the prompt's length (the core's buckets, learned online) or from "
+                   "its text (the shipped ShareGPT model, at schedule build; needs the prompts' texts).")
 @click.option("--predictor-quantile", type=float, default=None,
-              help="Predict this quantile of similar prompts' output lengths (default: their mean).")
+              help="Predict this quantile of output lengths (default: the bucket's mean, the text model's typical).")
 @click.option("--default-output-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Prediction before enough requests have finished.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--label", default=None, help="Name of the run in comparisons (default: folder name).")
 def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, gpus_per_worker, kv_tokens, policy,
              queue_order, ttft_slo, atgt_slo, headroom, prefix_caching, async_scheduling, oracle_lengths,
-             predictor_quantile, default_output_tokens, output, label, **workload_flags):
+             length_predictor, predictor_quantile, default_output_tokens, output, label, **workload_flags):
     """Simulate a cluster of vLLM workers serving a workload under a placement policy."""
     from aladdin.plugin.core.policies import parse_policy
     from aladdin.plugin.core.predictor import PredictorConfig
@@ -103,7 +106,13 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
            if value is not None},  # unset: SimConfig's defaults
     )
     config.validate()
-    schedule = make_schedule(prompts=False)  # token counts are all it needs: no tokenizer unless ShareGPT
+    if length_predictor == "text":
+        from aladdin.plugin.predict.text import TextLengthPredictor, with_predictions
+
+        text_model = TextLengthPredictor.load(quantile=predictor_quantile)
+        schedule = with_predictions(make_schedule(prompts=True), text_model)
+    else:
+        schedule = make_schedule(prompts=False)  # token counts are all it needs: no tokenizer unless ShareGPT
     pools = f"{prefill_workers} prefill + {workers} decode" if prefill_workers else str(workers)
     click.echo(f"simulating {len(schedule)} requests over {schedule[-1].offset:.1f}s on {pools} workers ({policy}, "
                f"{perf.kv.capacity_tokens} KV tokens each)", err=True)
@@ -121,11 +130,12 @@ def simulate(profile_path, workers, prefill_workers, kv_transfer_us_per_token, g
         "policy_spec": spec.to_dict(),
         "queue": queue_order,
         "prefix_caching": config.prefix_caching,
-        "async_scheduling": simulator.async_scheduling,
+        "async_scheduling": simulator.workers[0].async_scheduling,
         "ttft_slo": config.ttft_slo,
         "atgt_slo": config.atgt_slo,
         "oracle_lengths": oracle_lengths,
         "predictor": predictor.to_dict(),
+        "length_predictor": length_predictor,
         "label": label,
     }
     result.write(output, label=label, params=params, ttft_slo=config.ttft_slo, atgt_slo=config.atgt_slo)

@@ -252,7 +252,7 @@ class SteppedSimulator(ClusterSimulator):
         scheduled = {ids[i]: 1 for i in worker.running if self.decoding[i]}
         blocks = worker.blocks_used
         if chunks is None:  # a decode run: its blocks are counted when it ends
-            blocks += worker.phase[worker.iterations % self.block_size]
+            blocks += worker.phase[worker.iterations % worker.block_size]
         else:
             for i, take in chunks:
                 scheduled[ids[i]] = scheduled.get(ids[i], 0) + take

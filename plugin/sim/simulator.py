@@ -37,7 +37,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,11 @@ from aladdin.loadgen.records import OK, RUN_SCHEMA_VERSION, SCHEMA_VERSION, Requ
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.lifecycle import Decision, Placement, Scheduler, SchedulerConfig
 from aladdin.plugin.core.perfmodel import PerfModel
+from aladdin.plugin.core.pipeline import Available, Evaluation
 from aladdin.plugin.core.policies import PolicySpec, named_policy
 from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig, prediction_errors
 from aladdin.plugin.core.request import Request
+from aladdin.plugin.sim.autoscale import DRAINING, UP, AutoscaleConfig, Autoscaler, ScalingLog
 from aladdin.plugin.sim.prefix_cache import PrefixCache, prompt_block_keys
 
 
@@ -86,6 +88,8 @@ class SimConfig:
     # on the profile's hardware (``engine_async_scheduling``: off on a CPU, which forces it off).
     prefix_caching: bool = True
     async_scheduling: bool | None = None
+    # Autoscaling (plugin/sim/autoscale.py), colocated only: ``num_workers`` is then the most it may hold
+    autoscale: AutoscaleConfig | None = None
 
     @property
     def split_phase(self) -> bool:
@@ -103,6 +107,10 @@ class SimConfig:
         for name, value in (("--ttft-slo", self.ttft_slo), ("--atgt-slo", self.atgt_slo)):
             if not value > 0:
                 raise AladdinError(f"{name} must be > 0 seconds, got {value}")
+        if self.autoscale is not None:
+            if self.split_phase:
+                raise AladdinError("the simulated autoscaler scales colocated workers; drop --prefill-workers")
+            self.autoscale.validate(self.num_workers)
 
 
 class _Worker:
@@ -119,13 +127,22 @@ class _Worker:
         "index", "id", "running", "prefilling", "waiting", "n_decode", "context_base", "phase",
         "finishes", "blocks_used", "iterations", "log_start", "log_count", "log_first",
         "log_step", "busy", "t0", "count", "first", "step", "chunks", "seq", "prefill_only", "pending_prefill",
-        "arriving", "finishing", "cache",
+        "arriving", "finishing", "cache", "perf", "block_size", "num_blocks", "prefill_pass", "frontend",
+        "async_scheduling", "keys",
     )
 
-    def __init__(self, index: int, worker_id: str, block_size: int, num_blocks: int, prefill_only: bool = False,
+    def __init__(self, index: int, worker_id: str, perf: PerfModel, async_scheduling: bool, prefill_only: bool = False,
                  prefix_caching: bool = False):
         self.index = index
         self.id = worker_id
+        # its engine (workers of a heterogeneous pool differ): iteration times, KV, limits
+        self.perf = perf
+        self.block_size = block_size = perf.kv.block_size
+        self.num_blocks = num_blocks = perf.kv.num_blocks
+        self.prefill_pass = perf.prefill_pass_s
+        self.frontend = perf.frontend_s  # a request reaches this engine this long after it arrives
+        self.async_scheduling = async_scheduling
+        self.keys: list | None = None  # prefix caching: each request's prompt block keys at its block size
         self.prefill_only = prefill_only  # split-phase prefill pool: hands requests off after their first token
         self.pending_prefill = 0  # prefill pool: prompt tokens dispatched and not yet computed
         self.running: dict[int, None] = {}  # admission order; the newest is preempted first
@@ -186,6 +203,8 @@ class SimResult:
     prediction_error_by_worker: dict[str, dict[str, Any]]
     wall_seconds: float
     slos: list[tuple[str | None, float | None, float | None]] | None = None  # per request: tier, ttft, atgt
+    scaling: ScalingLog | None = None  # autoscaling: GPU-hours, worker counts over time
+    worker_perfs: list[PerfModel] | None = None  # each worker's model, by index (so which model served each request)
 
     def times_of(self, i: int) -> np.ndarray:
         return self.token_times[self.token_offsets[i] : self.token_offsets[i + 1]]
@@ -287,7 +306,28 @@ class SimResult:
             "slo_attainment": self.attainment(ttft_slo, atgt_slo) if n and self.has_slo(ttft_slo, atgt_slo) else None,
             "prediction_error": prediction_errors(self.first_prediction, self.output_tokens).to_dict() if n else None,
             "prediction_error_by_worker": self.prediction_error_by_worker,
+            **({"workers": self.by_worker(ttft_slo, atgt_slo)} if self.heterogeneous else {}),
         }
+
+    @property
+    def heterogeneous(self) -> bool:
+        """Whether the workers ran different models."""
+        return bool(self.worker_perfs) and any(p != self.worker_perfs[0] for p in self.worker_perfs)
+
+    def by_worker(self, ttft_slo: float, atgt_slo: float) -> dict[str, dict[str, Any]]:
+        """Per worker: its model (profile, hardware, GPUs), requests served and their attainment."""
+        ttft, atgt_target = self._targets(ttft_slo, atgt_slo)
+        met = (self.ttft <= ttft) & (np.nan_to_num(self.atgt, nan=0.0) <= atgt_target)
+        out = {}
+        for index, worker_id in enumerate(self.worker_ids):
+            served = self.worker == index
+            meta = self.worker_perfs[index].meta if self.worker_perfs else {}
+            out[worker_id] = {
+                "profile": meta.get("path"), "hardware": meta.get("hardware"), "gpus_per_worker": meta.get("gpus_per_worker"),
+                "requests": int(served.sum()),
+                "slo_attainment": float(met[served].mean()) if served.any() and self.has_slo(ttft_slo, atgt_slo) else None,
+            }
+        return out
 
     def write(self, output: str | Path, *, label: str | None = None, params: dict[str, Any] | None = None,
               ttft_slo: float = math.inf, atgt_slo: float = math.inf) -> Path:
@@ -363,7 +403,10 @@ def _jsonable(value: Any) -> Any:
 
 
 class ClusterSimulator:
-    """Replays a schedule on ``num_workers`` identical workers; ``run`` returns a SimResult.
+    """Replays a schedule on ``num_workers`` workers; ``run`` returns a SimResult.
+
+    ``perf`` is every worker's model, or one per decode worker (a heterogeneous pool: each
+    worker's iteration times, KV blocks, limits, front end and async scheduling are its own).
 
     The engines are simulated here; every placement, queueing, prediction and re-prediction
     decision is the scheduler core's (core.lifecycle.Scheduler), driven by the engines'
@@ -371,49 +414,60 @@ class ClusterSimulator:
     overrides ``config.policy`` (a registry name). A simulator runs once: the predictor learns.
     """
 
-    def __init__(self, perf: PerfModel, config: SimConfig, policy: PolicySpec | None = None):
+    def __init__(self, perf: PerfModel | Sequence[PerfModel], config: SimConfig, policy: PolicySpec | None = None):
         config.validate()
-        if perf.max_batched_tokens < perf.max_num_seqs:
-            raise AladdinError(
-                f"max_batched_tokens {perf.max_batched_tokens} is below max_num_seqs {perf.max_num_seqs}; "
-                "vLLM refuses that too"
-            )
-        self.perf = perf
+        perfs = [perf] * config.num_workers if isinstance(perf, PerfModel) else list(perf)
+        if len(perfs) != config.num_workers:
+            raise AladdinError(f"{len(perfs)} worker models for {config.num_workers} decode workers; give one per worker")
+        for model in perfs:
+            if model.max_batched_tokens < model.max_num_seqs:
+                raise AladdinError(
+                    f"max_batched_tokens {model.max_batched_tokens} is below max_num_seqs {model.max_num_seqs}; "
+                    "vLLM refuses that too"
+                )
         self.config = config
         self.policy = policy if policy is not None else named_policy(config.policy, config.headroom, config.seed)
-        self.block_size = perf.kv.block_size
-        self._prefill_pass = perf.prefill_pass_s
-        self._frontend = perf.frontend_s  # a request reaches its engine this long after it arrives
-        self.num_blocks = perf.kv.num_blocks
         width = len(str(config.num_workers - 1))
         self.prefix_caching = config.prefix_caching
-        self.async_scheduling = (engine_async_scheduling(perf) if config.async_scheduling is None
-                                 else config.async_scheduling)
-        self.decode_workers = [_Worker(i, f"w{i:0{width}d}", self.block_size, self.num_blocks,
-                                       prefix_caching=self.prefix_caching) for i in range(config.num_workers)]
+        self.decode_workers = [self._new_worker(i, f"w{i:0{width}d}", perfs[i]) for i in range(config.num_workers)]
         width = len(str(config.prefill_workers - 1))
-        self.prefill_pool = [
-            _Worker(config.num_workers + i, f"p{i:0{width}d}", self.block_size, self.num_blocks, prefill_only=True,
-                    prefix_caching=self.prefix_caching)
+        self.prefill_pool = [  # split-phase prefill workers run the first decode worker's model
+            self._new_worker(config.num_workers + i, f"p{i:0{width}d}", perfs[0], prefill_only=True)
             for i in range(config.prefill_workers)
         ]
         self.workers = self.decode_workers + self.prefill_pool  # by index
+        # a request reaches the cluster after the fastest front end, and an engine with a slower one later
+        self._frontend = min(w.frontend for w in self.workers)
         self._by_id = {w.id: w for w in self.decode_workers}  # what placement chooses from
+        pipeline = self.policy.build()
+        # autoscaling: starting and draining workers take no placements, whatever the policy
+        self.available = Available(config.num_workers) if config.autoscale else None
+        if self.available is not None:
+            pipeline = replace(pipeline, filters=[self.available, *pipeline.filters])
+        self._autoscaler: Autoscaler | None = None
         self.scheduler = Scheduler(
-            [(w.id, perf) for w in self.decode_workers],
-            self.policy.build(),
+            [(w.id, w.perf) for w in self.decode_workers],
+            pipeline,
             LengthPredictor(config.predictor),
             SchedulerConfig(queue=config.queue, frontend_paid=True, oracle_lengths=config.oracle_lengths,
                             error_feedback=config.error_feedback),
         )
         self.track_overruns = self.scheduler.track_overruns
         self._states = [self.scheduler.worker(w.id) for w in self.decode_workers]  # by decode worker index
-        self._handoffs: list[tuple[float, int]] = []  # split-phase: (time the KV reaches the decode pool, request)
+        # (time, request, -1): split-phase, its KV reaches the decode pool; (time, request, worker):
+        # it reaches that worker's engine, whose front end is slower than the fastest
+        self._handoffs: list[tuple[float, int, int]] = []
         self._heap: list[tuple[float, int, int]] = []
         self._seq = 0
         self._handling: _Worker | None = None
         self._idle_placed: list[_Worker] | None = None  # while arrivals of one instant are placed: idle workers to plan
         self._spans: list[tuple[int, int, int, int]] = []  # (request, worker, first iteration, tokens)
+
+    def _new_worker(self, index: int, worker_id: str, perf: PerfModel, prefill_only: bool = False) -> _Worker:
+        """A worker running ``perf``, with async scheduling as configured or as on its hardware."""
+        config = self.config
+        async_scheduling = engine_async_scheduling(perf) if config.async_scheduling is None else config.async_scheduling
+        return _Worker(index, worker_id, perf, async_scheduling, prefill_only, self.prefix_caching)
 
     # ------------------------------------------------------------------ setup and main loop
 
@@ -437,7 +491,8 @@ class ClusterSimulator:
         self.requests = [
             Request(self.ids[i], self.prompt[i], self.arrival[i],
                     ttft_slo=config.ttft_slo if r.ttft_slo is None else r.ttft_slo,
-                    atgt_slo=config.atgt_slo if r.atgt_slo is None else r.atgt_slo)
+                    atgt_slo=config.atgt_slo if r.atgt_slo is None else r.atgt_slo,
+                    predicted_output_tokens=r.predicted_output_tokens or 0)  # 0: the core predicts
             for i, r in enumerate(schedule)
         ]
         self.gen = [0] * n  # generated tokens of a request that is not decoding
@@ -445,14 +500,19 @@ class ClusterSimulator:
         self.decoding = [False] * n
         self.computed = [0] * n  # prefilling: tokens computed so far
         self.target = [0] * n  # prefilling: tokens to compute (prompt + generated at admission)
-        # prefix caching: the keys of each prompt's full blocks (none without token ids)
-        self.prompt_keys = [prompt_block_keys(r.spec.prompt_token_ids, self.prompt[i], self.block_size)
-                            for i, r in enumerate(schedule)] if self.prefix_caching else None
+        if self.prefix_caching:  # the keys of each prompt's full blocks (none without token ids), per block size
+            keys = {bs: [prompt_block_keys(r.spec.prompt_token_ids, self.prompt[i], bs) for i, r in enumerate(schedule)]
+                    for bs in {w.block_size for w in self.workers}}
+            for worker in self.workers:
+                worker.keys = keys[worker.block_size]
         self.span_start = [0] * n  # decoding: the worker iteration of the current span's first token
         self.assigned = [-1] * n
         self.preemptions = [0] * n
         self.kv_ready = [0] * n  # split-phase: prompt tokens whose KV came with the request (until admitted)
         self.first_token = [math.nan] * n
+        if config.autoscale is not None:
+            self._autoscaler = Autoscaler(config.autoscale, config.num_workers, config.gpus_per_worker, self.arrival)
+            self.available.up[:] = [self._autoscaler.up(w) for w in range(config.num_workers)]
 
         next_arrival = 0
         heap = self._heap
@@ -462,14 +522,22 @@ class ClusterSimulator:
         while True:
             arrival_time = arrivals[next_arrival] if next_arrival < n else math.inf
             handoff_time = handoffs[0][0] if handoffs else math.inf
+            if self._autoscaler is not None and (heap or handoffs or next_arrival < n):
+                due = self._autoscaler.next_time
+                if due <= min(arrival_time, handoff_time, heap[0][0] if heap else math.inf):
+                    self._scale(due)
+                    continue
             if heap and heap[0][0] <= min(arrival_time, handoff_time):
                 event_time, seq, index = heapq.heappop(heap)
                 worker = workers[index]
                 if seq == worker.seq and worker.busy:
                     self._end_run(worker, event_time)
             elif handoffs and handoff_time <= arrival_time:
-                _, i = heapq.heappop(handoffs)  # the request's KV has reached the decode pool
-                self._apply(scheduler.offer(self.requests[i], handoff_time), handoff_time)
+                _, i, index = heapq.heappop(handoffs)
+                if index < 0:  # the request's KV has reached the decode pool
+                    self._apply(scheduler.offer(self.requests[i], handoff_time), handoff_time)
+                else:  # it has passed its engine's front end, slower than the fastest
+                    self._enqueue(workers[index], i, handoff_time)
             elif next_arrival < n:
                 # Every request arriving at this instant reaches the engines before an idle one
                 # plans its first iteration (vLLM's loop takes all its inputs before a step).
@@ -490,20 +558,23 @@ class ClusterSimulator:
                 break
         if len(scheduler.queue):
             raise AladdinError(f"{len(scheduler.queue)} requests were never placed")  # a policy bug, not input
-        return self._result(time.perf_counter() - started)
+        result = self._result(time.perf_counter() - started)
+        if self._autoscaler is not None:
+            result.scaling = self._autoscaler.close(float(result.last_token.max()))
+        return result
 
     def _check_lengths(self) -> None:
         prompt, out = np.array(self.prompt), np.array(self.out)
         if (prompt < 1).any() or (out < 1).any():
             raise AladdinError("every request needs at least one prompt and one output token")
-        kv = self.perf.kv
-        too_long = np.flatnonzero(kv.blocks(prompt + out - 1) > kv.num_blocks)
-        if too_long.size:
-            i = int(too_long[0])
-            raise AladdinError(
-                f"request {self.ids[i]} needs {prompt[i] + out[i] - 1} KV tokens, more than a worker's "
-                f"{kv.capacity_tokens}; {too_long.size} such request(s) (lower --max-total-tokens)"
-            )
+        for kv in dict.fromkeys(w.perf.kv for w in self.workers):  # every worker must fit every request
+            too_long = np.flatnonzero(kv.blocks(prompt + out - 1) > kv.num_blocks)
+            if too_long.size:
+                i = int(too_long[0])
+                raise AladdinError(
+                    f"request {self.ids[i]} needs {prompt[i] + out[i] - 1} KV tokens, more than a worker's "
+                    f"{kv.capacity_tokens}; {too_long.size} such request(s) (lower --max-total-tokens)"
+                )
 
     # ------------------------------------------------------------------ placement
 
@@ -519,7 +590,7 @@ class ClusterSimulator:
         still to compute (placement policies choose decode workers only)."""
         worker = min(self.prefill_pool, key=lambda w: (w.pending_prefill, w.index))
         worker.pending_prefill += self.prompt[i]
-        self._enqueue(worker, i, now)
+        self._place(i, worker, now)
 
     def _plan_idle(self, worker: _Worker, now: float) -> None:
         """Plan an idle worker that was just given a request, or, while the other arrivals of
@@ -530,16 +601,16 @@ class ClusterSimulator:
         if worker not in self._idle_placed:
             self._idle_placed.append(worker)
         if not worker.prefill_only:  # what its plan will report, for the placements still to come
-            self._states[worker.index].report_kv(self._first_admissions_blocks(worker) * self.block_size)
+            self._states[worker.index].report_kv(self._first_admissions_blocks(worker) * worker.block_size)
 
     def _first_admissions_blocks(self, worker: _Worker) -> int:
         """KV blocks an idle worker allocates when it plans: those of the first chunks of the
         queued requests its first iteration admits (the admission loop of ``_plan_iteration``,
         on an empty worker, not counting prefix-cache hits)."""
-        bs = self.block_size
-        free, budget, admitted, blocks = self.num_blocks, self.perf.max_batched_tokens, 0, 0
+        bs = worker.block_size
+        free, budget, admitted, blocks = worker.num_blocks, worker.perf.max_batched_tokens, 0, 0
         for i in worker.waiting:
-            if budget <= 0 or admitted >= self.perf.max_num_seqs:
+            if budget <= 0 or admitted >= worker.perf.max_num_seqs:
                 break
             tokens = self.prompt[i] + self.gen[i]
             if -(-tokens // bs) > free:
@@ -569,9 +640,14 @@ class ClusterSimulator:
             self.scheduler.learn(request, 1, worker.id)
         else:
             self.kv_ready[i] = self.prompt[i]
-            heapq.heappush(self._handoffs, (now + self.config.kv_transfer_s_per_token * self.prompt[i], i))
+            heapq.heappush(self._handoffs, (now + self.config.kv_transfer_s_per_token * self.prompt[i], i, -1))
 
     def _place(self, i: int, worker: _Worker, now: float) -> None:
+        reached = self.arrival[i] + worker.frontend
+        if reached > now:  # its engine's front end is slower than the fastest, which it has passed
+            self.assigned[i] = worker.index
+            heapq.heappush(self._handoffs, (reached, i, worker.index))
+            return
         self._enqueue(worker, i, now)
 
     def _enqueue(self, worker: _Worker, i: int, now: float) -> None:
@@ -580,12 +656,12 @@ class ClusterSimulator:
         when batch k starts)."""
         self.assigned[i] = worker.index
         handling = worker is self._handling
-        if self.async_scheduling and (worker.busy or handling):
+        if worker.async_scheduling and (worker.busy or handling):
             # the plan after the batch being decided sees it; mid-run, the plan after the batch
             # that starts at the first iteration boundary after ``now``
             seen = worker.iterations + 1 + (0 if handling else self._boundary(worker, now))
             worker.arriving.append((seen, i))
-            if not handling and worker.chunks is None and not worker.waiting and len(worker.running) < self.perf.max_num_seqs:
+            if not handling and worker.chunks is None and not worker.waiting and len(worker.running) < worker.perf.max_num_seqs:
                 self._shorten_run(worker, seen - worker.iterations)
             return
         worker.waiting.append(i)
@@ -593,7 +669,7 @@ class ClusterSimulator:
             return  # its next run is planned right after
         if not worker.busy:
             self._plan_idle(worker, now)
-        elif worker.chunks is None and len(worker.waiting) == 1 and len(worker.running) < self.perf.max_num_seqs:
+        elif worker.chunks is None and len(worker.waiting) == 1 and len(worker.running) < worker.perf.max_num_seqs:
             # otherwise the run already ignored a blocked queue head
             self._shorten_run(worker, max(self._boundary(worker, now), 1))
 
@@ -626,19 +702,19 @@ class ClusterSimulator:
     def _admission_need(self, worker: _Worker, i: int, tokens: int, free: int) -> tuple[int, list]:
         """Free blocks request ``i`` needs to be admitted for ``tokens`` (its whole prompt must
         fit, vLLM's ``scheduler_reserve_full_isl``), and the cached blocks it starts from."""
-        blocks = -(-tokens // self.block_size)
+        blocks = -(-tokens // worker.block_size)
         if worker.cache is None or self.kv_ready[i]:
             return blocks, []
-        hits = worker.cache.hits(i, self.prompt_keys[i], tokens, self.block_size, free)
+        hits = worker.cache.hits(i, worker.keys[i], tokens, worker.block_size, free)
         return blocks - len(hits) + sum(1 for block in hits if not block.ref), hits
 
     def _allocate_chunk(self, worker: _Worker, i: int, done: int, take: int, held: int) -> None:
         """Request ``i`` computes tokens ``done`` to ``done + take`` and holds ``held`` blocks:
         allocate the blocks the chunk reaches (and cache the prompt blocks it fills)."""
-        worker.blocks_used += -(-(done + take) // self.block_size) - held
+        worker.blocks_used += -(-(done + take) // worker.block_size) - held
         if worker.cache is not None:
-            worker.cache.computed(i, self.prompt_keys[i], done, done + take, self.block_size,
-                                  self.num_blocks - worker.blocks_used)
+            worker.cache.computed(i, worker.keys[i], done, done + take, worker.block_size,
+                                  worker.num_blocks - worker.blocks_used)
 
     def _free_kv(self, worker: _Worker, i: int, kv_tokens: int, cached_tokens: int | None = None,
                  preempted: bool = False) -> None:
@@ -646,11 +722,11 @@ class ClusterSimulator:
         (with prefix caching, the full blocks of its first ``cached_tokens``, default all, stay
         cached until evicted; a preempted request may find its own again)."""
         if worker.cache is None:
-            worker.blocks_used -= -(-kv_tokens // self.block_size)
+            worker.blocks_used -= -(-kv_tokens // worker.block_size)
         else:
             worker.blocks_used -= worker.cache.release(
-                i, kv_tokens, kv_tokens if cached_tokens is None else cached_tokens, self.block_size,
-                self.num_blocks - worker.blocks_used, findable=preempted)
+                i, kv_tokens, kv_tokens if cached_tokens is None else cached_tokens, worker.block_size,
+                worker.num_blocks - worker.blocks_used, findable=preempted)
 
     # ------------------------------------------------------------------ planning runs
 
@@ -667,12 +743,12 @@ class ClusterSimulator:
 
     def _plan(self, worker: _Worker, now: float) -> None:
         """Plan the worker's next run; the scheduler then sees its KV in use (block ledger)."""
-        if self.async_scheduling:
+        if worker.async_scheduling:
             self._plan_async(worker, now)
         else:
             self._plan_run(worker, now)
         if not worker.prefill_only:
-            self._states[worker.index].report_kv(worker.blocks_used * self.block_size)
+            self._states[worker.index].report_kv(worker.blocks_used * worker.block_size)
 
     def _plan_async(self, worker: _Worker, now: float) -> None:
         """AsyncScheduler: the next batch was decided when the batch that just ended started,
@@ -687,19 +763,19 @@ class ClusterSimulator:
             if worker.cache is not None and worker.busy and worker.chunks is None:
                 # the decode run just planned takes its first blocks before the finished requests
                 # free theirs (a run counts its blocks when it ends)
-                worker.cache.settle(self.num_blocks - worker.blocks_used - worker.phase[worker.iterations % self.block_size])
+                worker.cache.settle(worker.num_blocks - worker.blocks_used - worker.phase[worker.iterations % worker.block_size])
             finished, worker.finishing = worker.finishing, []
             self._handling = worker  # what the scheduler places meanwhile waits for a later plan
             for i in finished:
                 self._finish(worker, i, now)
             self._handling = None
-            if worker.busy and worker.chunks is None and self._can_admit(worker, self.num_blocks - worker.blocks_used):
+            if worker.busy and worker.chunks is None and self._can_admit(worker, worker.num_blocks - worker.blocks_used):
                 self._shorten_run(worker, 1)  # the seats and blocks freed admit the queue head next
         if not worker.busy and (worker.waiting or arriving):
             worker.waiting.extend(i for _, i in arriving)
             arriving.clear()
             self._plan_run(worker, now)
-        if arriving and worker.chunks is None and not worker.waiting and len(worker.running) < self.perf.max_num_seqs:
+        if arriving and worker.chunks is None and not worker.waiting and len(worker.running) < worker.perf.max_num_seqs:
             self._shorten_run(worker, arriving[0][0] - worker.iterations)
 
     def _plan_run(self, worker: _Worker, now: float) -> None:
@@ -707,11 +783,11 @@ class ClusterSimulator:
         if not worker.running and not worker.waiting:
             worker.busy = False
             return
-        free = self.num_blocks - worker.blocks_used
+        free = worker.num_blocks - worker.blocks_used
         if not worker.prefilling and worker.n_decode and not self._can_admit(worker, free):
             count = self._decode_run_length(worker, free)
             if count >= 1:
-                decode, n = self.perf.decode, worker.n_decode
+                decode, n = worker.perf.decode, worker.n_decode
                 first = decode.a * n + decode.b * (worker.context_base + n * worker.iterations) + decode.c
                 self._start_run(worker, now, count, first, decode.b * n, None)
                 return
@@ -720,7 +796,7 @@ class ClusterSimulator:
     def _can_admit(self, worker: _Worker, free: int) -> bool:
         """Whether the queue head can be admitted now. While only decodes run, what it needs
         never shrinks (evictions only lose hits), so a decode run may ignore it until it ends."""
-        if not worker.waiting or len(worker.running) >= self.perf.max_num_seqs:
+        if not worker.waiting or len(worker.running) >= worker.perf.max_num_seqs:
             return False
         head = worker.waiting[0]
         return self._admission_need(worker, head, self.prompt[head] + self.gen[head], free)[0] <= free
@@ -738,7 +814,7 @@ class ClusterSimulator:
             overrun = self._states[worker.index].next_overrun()  # the scheduler re-predicts it then
             if overrun is not None:
                 count = min(count, overrun - iterations)
-        n, bs = worker.n_decode, self.block_size
+        n, bs = worker.n_decode, worker.block_size
         if n * -(-count // bs) <= free:
             return count
         # Every block_size iterations each decoding request takes exactly one block.
@@ -753,11 +829,11 @@ class ClusterSimulator:
     def _plan_iteration(self, worker: _Worker, now: float) -> None:
         """One vLLM-V1 scheduler step: decodes, then the running prefill's chunk (each
         preempting the newest request while its blocks do not fit), then new chunks."""
-        perf = self.perf
-        bs = self.block_size
+        perf = worker.perf
+        bs = worker.block_size
         slot = worker.iterations % bs
         preempted = False
-        while worker.phase[slot] > self.num_blocks - worker.blocks_used:
+        while worker.phase[slot] > worker.num_blocks - worker.blocks_used:
             self._preempt_newest(worker)
             preempted = True
         worker.blocks_used += worker.phase[slot]
@@ -773,7 +849,7 @@ class ClusterSimulator:
             done = self.computed[r]
             take = min(self.target[r] - done, budget)
             held = -(-done // bs)
-            while -(-(done + take) // bs) - held > self.num_blocks - worker.blocks_used and r in worker.running:
+            while -(-(done + take) // bs) - held > worker.num_blocks - worker.blocks_used and r in worker.running:
                 self._preempt_newest(worker)
                 preempted = True
             if r not in worker.running:
@@ -792,8 +868,8 @@ class ClusterSimulator:
                     stale.append(waiting.popleft())
                     continue
                 tokens = self.prompt[head] + self.gen[head]
-                need, hits = self._admission_need(worker, head, tokens, self.num_blocks - worker.blocks_used)
-                if need > self.num_blocks - worker.blocks_used:
+                need, hits = self._admission_need(worker, head, tokens, worker.num_blocks - worker.blocks_used)
+                if need > worker.num_blocks - worker.blocks_used:
                     break
                 waiting.popleft()
                 done = self._admit(worker, head, tokens, hits)
@@ -819,9 +895,9 @@ class ClusterSimulator:
         ``prefill_work`` is the sum of PrefillModel.chunk_work over the chunks; the fixed
         cost is paid once per pass: c_d with decodes in it, else the prefill-only pass cost.
         """
-        decode = self.perf.decode
+        decode = worker.perf.decode
         if not n_decode:
-            return prefill_work + (self._prefill_pass if has_prefill else decode.c)
+            return prefill_work + (worker.prefill_pass if has_prefill else decode.c)
         context = worker.context_base + n_decode * worker.iterations
         return decode.a * n_decode + decode.b * context + prefill_work + decode.c
 
@@ -833,8 +909,8 @@ class ClusterSimulator:
         worker.prefilling.append(i)
         done = self.kv_ready[i]
         if hits:
-            worker.blocks_used += worker.cache.touch(i, hits, self.prompt_keys[i])
-            done = len(hits) * self.block_size
+            worker.blocks_used += worker.cache.touch(i, hits, worker.keys[i])
+            done = len(hits) * worker.block_size
         self.computed[i] = done
         self.target[i] = tokens
         return done
@@ -849,7 +925,7 @@ class ClusterSimulator:
             kv_tokens = self.prompt[i] + generated - 1
             # async scheduling: the batch in flight computes its last token, whose block vLLM
             # caches only when that batch's output comes back to a running request
-            self._free_kv(worker, i, kv_tokens, kv_tokens - self.async_scheduling, preempted=True)
+            self._free_kv(worker, i, kv_tokens, kv_tokens - worker.async_scheduling, preempted=True)
         elif i in worker.finishing:  # async scheduling: vLLM preempts it too; it finishes as its last batch returns
             kv_tokens = self.prompt[i] + self.out[i] - 1
             self._free_kv(worker, i, kv_tokens, kv_tokens - 1)
@@ -875,7 +951,7 @@ class ClusterSimulator:
         self.span_start[i] = iteration
         worker.n_decode += 1
         worker.context_base += self.prompt[i] - base
-        worker.phase[(base + 1 - self.prompt[i]) % self.block_size] += 1
+        worker.phase[(base + 1 - self.prompt[i]) % worker.block_size] += 1
         heapq.heappush(worker.finishes, (base + self.out[i], i))
         self._apply(self.scheduler.started(self.ids[i], self.gen[i] + 1, now), now)
 
@@ -886,7 +962,7 @@ class ClusterSimulator:
         self.decoding[i] = False
         worker.n_decode -= 1
         worker.context_base -= self.prompt[i] - base
-        worker.phase[(base + 1 - self.prompt[i]) % self.block_size] -= 1
+        worker.phase[(base + 1 - self.prompt[i]) % worker.block_size] -= 1
         start = self.span_start[i]
         self._spans.append((i, worker.index, start, worker.iterations - start))
         return generated
@@ -930,7 +1006,7 @@ class ClusterSimulator:
 
     def _blocks_taken(self, worker: _Worker, start: int, count: int) -> int:
         """KV blocks the decoding requests took in ``count`` pure decode iterations from ``start``."""
-        bs = self.block_size
+        bs = worker.block_size
         cycles, rest = divmod(count, bs)
         phase = worker.phase
         offset = start + cycles * bs
@@ -946,7 +1022,7 @@ class ClusterSimulator:
             if not (decoding[i] and base[i] + out[i] == key):
                 continue  # a preempted request's old entry
             self.gen[i] = self._stop_decoding(worker, i)
-            if self.async_scheduling:
+            if worker.async_scheduling:
                 worker.finishing.append(i)
             else:
                 self._finish(worker, i, now)
@@ -959,6 +1035,46 @@ class ClusterSimulator:
         else:  # preempted after its last token (async scheduling): its blocks are free already
             worker.waiting.remove(i)
         self._apply(self.scheduler.finish(self.ids[i], self.out[i], now), now)
+        if self._autoscaler is not None and not self._states[worker.index].requests:
+            self._autoscaler.empty(now, worker.index)  # released if it was draining
+
+    # ------------------------------------------------------------------ autoscaling
+
+    def _scale(self, now: float) -> None:
+        """Carry out the autoscaler's changes due at ``now``: placement follows the up workers, a
+        draining worker already empty is released, a worker coming up takes from the queue."""
+        scaler = self._autoscaler
+        work = {w: self._outstanding_work(w) for w, state in enumerate(scaler.state) if state in (UP, DRAINING)}
+        demand = self._fill_demand(now) if scaler.config.source == "core" and now >= scaler.next_beat else 0.0
+        changes = scaler.advance(now, work, demand)
+        for change in changes:
+            self.available.up[change.worker] = change.state == UP
+            if change.state == DRAINING and not self._states[change.worker].requests:
+                scaler.empty(now, change.worker)
+        if any(c.state == UP for c in changes):
+            self._apply(self.scheduler.tick(now), now)
+
+    def _fill_demand(self, now: float) -> float:
+        """The core's view of the load, in workers at full fill, as the router's desired-workers
+        gauge reads it: every worker's predicted fill in its binding dimension (peak KV /
+        capacity, worst resident ATGT / SLO with a one-token probe added), plus the KV the
+        queued requests need over one worker's capacity."""
+        pool = self.scheduler.pool
+        ev = Evaluation(pool, Request("autoscale-probe", 1, now, predicted_output_tokens=1), now, True)
+        atgt = ev.resident_atgt(np.arange(len(pool)))
+        demand = 0.0
+        for worker in pool.workers:
+            capacity = worker.perf.kv.capacity_tokens
+            kv = pool.predicted_peak_kv(worker.index) / capacity if capacity else 0.0
+            value = float(atgt[worker.index])
+            demand += max(kv, value if math.isfinite(value) else 0.0)
+        capacity = max(w.perf.kv.capacity_tokens for w in pool.workers)
+        return demand + sum(r.prompt_tokens + r.predicted_output_tokens for r in self.scheduler.queue) / capacity
+
+    def _outstanding_work(self, worker: int) -> float:
+        """The core's view of a worker's outstanding work: its residents' predicted tokens still to generate."""
+        state = self._states[worker]
+        return float(sum(max(r.predicted_output_tokens - state.generated(r), 0) for r in state.requests.values()))
 
     # ------------------------------------------------------------------ result
 
@@ -1006,6 +1122,7 @@ class ClusterSimulator:
             prediction_error_by_worker=self.scheduler.error_summary(),
             wall_seconds=wall_seconds,
             slos=self.slos if any(x != (None, None, None) for x in self.slos) else None,
+            worker_perfs=[w.perf for w in self.workers],
         )
 
 
