@@ -41,6 +41,7 @@ from aladdin.plugin.core.request import DONE, Request, RequestStatus
 from aladdin.plugin.core.worker import RequestReport, WorkerPool, WorkerState
 
 LOST_TTFT_RULES = ("best-effort", "shed")
+FILL_PROBE_ID = "aladdin-fill-probe"  # a one-token request that measures fills, never placed
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,29 @@ class Scheduler:
         """How ``request`` would fit on each worker (what the policy ranks)."""
         ev = Evaluation(self.pool, request, now, self.config.frontend_paid)
         return self.policy.evaluate(ev)
+
+    def fills(self, now: float) -> dict[str, tuple[float, float]]:
+        """Per worker, how full the core predicts it: (peak KV / capacity, the largest predicted
+        ATGT / SLO of its residents on pace with a one-token probe added)."""
+        pool = self.pool
+        ev = Evaluation(pool, Request(FILL_PROBE_ID, 1, now, predicted_output_tokens=1), now, self.config.frontend_paid)
+        atgt = ev.resident_atgt(np.arange(len(pool)))
+        out = {}
+        for worker in pool.workers:
+            capacity = worker.perf.kv.capacity_tokens
+            kv = pool.predicted_peak_kv(worker.index) / capacity if capacity else 0.0
+            value = float(atgt[worker.index])
+            out[worker.id] = (kv, value if math.isfinite(value) else 0.0)
+        return out
+
+    def demand(self, now: float) -> float:
+        """The load in workers at full fill, an autoscaler's input: every worker's fill in its
+        binding dimension, plus the KV the queued requests need over the largest worker's cache."""
+        demand = sum(max(kv, atgt) for kv, atgt in self.fills(now).values())
+        capacity = max((w.perf.kv.capacity_tokens for w in self.pool.workers), default=0)
+        if capacity:
+            demand += sum(r.prompt_tokens + r.predicted_output_tokens for r in self.queue) / capacity
+        return demand
 
     def error_summary(self) -> dict[str, dict[str, float | int | None]]:
         return {worker: errors.to_dict() for worker, errors in sorted(self.errors.items())

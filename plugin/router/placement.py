@@ -11,18 +11,15 @@ already handed it back or failed it.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from aladdin.errors import AladdinError
 from aladdin.plugin.core.lifecycle import Decision, Placement, Scheduler, SchedulerConfig, Shed
 from aladdin.plugin.core.perfmodel import KVModel, PerfModel
-from aladdin.plugin.core.pipeline import Available, Evaluation, Pipeline
+from aladdin.plugin.core.pipeline import Available, Pipeline
 from aladdin.plugin.core.policies import PolicySpec
 from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig
 from aladdin.plugin.core.request import Request, RequestStatus
@@ -267,18 +264,5 @@ class Placer:
         return [t for t in self.tickets.values() if t.worker == worker_id]
 
     def fills(self) -> dict[str, tuple[float, float]]:
-        """Per worker: (predicted peak KV / capacity, largest predicted ATGT / SLO of its residents
-        on pace, with a one-token probe added)."""
-        pool = self.scheduler.pool
-        now = self.clock()
-        probe = Request(PROBE_ID, 1, now, predicted_output_tokens=1)
-        ev = Evaluation(pool, probe, now, False)
-        rows = np.arange(len(pool))
-        atgt = ev.resident_atgt(rows)
-        out = {}
-        for worker in pool.workers:
-            capacity = worker.perf.kv.capacity_tokens
-            kv = pool.predicted_peak_kv(worker.index) / capacity if capacity else 0.0
-            value = float(atgt[worker.index])
-            out[worker.id] = (kv, value if math.isfinite(value) else 0.0)
-        return out
+        """Per worker: the core's predicted (KV fill, ATGT fill) (Scheduler.fills)."""
+        return self.scheduler.fills(self.clock())

@@ -62,11 +62,7 @@ class DesiredWorkers:
             beats = heartbeat_plan(times, rates, cfg.worker_rate, 1,
                                    HeartbeatConfig(cfg.interval_s, cfg.headroom, cfg.scale_down_after, cfg.min_workers))
             return beats[-1].workers
-        demand = sum(max(kv, atgt) for kv, atgt in placer.fills().values())
-        pool = placer.scheduler.pool
-        capacity = max((w.perf.kv.capacity_tokens for w in pool.workers), default=0)
-        if capacity:
-            demand += sum(r.prompt_tokens + r.predicted_output_tokens for r in placer.scheduler.queue) / capacity
+        demand = placer.scheduler.demand(placer.clock())
         if demand <= 0:
             return cfg.min_workers
         return max(cfg.min_workers, math.ceil(demand / cfg.target_fill - 1e-9))

@@ -48,7 +48,7 @@ from aladdin.loadgen.records import OK, RUN_SCHEMA_VERSION, SCHEMA_VERSION, Requ
 from aladdin.loadgen.schedule import ScheduledRequest
 from aladdin.plugin.core.lifecycle import Decision, Placement, Scheduler, SchedulerConfig
 from aladdin.plugin.core.perfmodel import PerfModel
-from aladdin.plugin.core.pipeline import Available, Evaluation
+from aladdin.plugin.core.pipeline import Available
 from aladdin.plugin.core.policies import PolicySpec, named_policy
 from aladdin.plugin.core.predictor import LengthPredictor, PredictorConfig, prediction_errors
 from aladdin.plugin.core.request import Request
@@ -1045,7 +1045,7 @@ class ClusterSimulator:
         draining worker already empty is released, a worker coming up takes from the queue."""
         scaler = self._autoscaler
         work = {w: self._outstanding_work(w) for w, state in enumerate(scaler.state) if state in (UP, DRAINING)}
-        demand = self._fill_demand(now) if scaler.config.source == "core" and now >= scaler.next_beat else 0.0
+        demand = self.scheduler.demand(now) if scaler.config.source == "core" and now >= scaler.next_beat else 0.0
         changes = scaler.advance(now, work, demand)
         for change in changes:
             self.available.up[change.worker] = change.state == UP
@@ -1053,23 +1053,6 @@ class ClusterSimulator:
                 scaler.empty(now, change.worker)
         if any(c.state == UP for c in changes):
             self._apply(self.scheduler.tick(now), now)
-
-    def _fill_demand(self, now: float) -> float:
-        """The core's view of the load, in workers at full fill, as the router's desired-workers
-        gauge reads it: every worker's predicted fill in its binding dimension (peak KV /
-        capacity, worst resident ATGT / SLO with a one-token probe added), plus the KV the
-        queued requests need over one worker's capacity."""
-        pool = self.scheduler.pool
-        ev = Evaluation(pool, Request("autoscale-probe", 1, now, predicted_output_tokens=1), now, True)
-        atgt = ev.resident_atgt(np.arange(len(pool)))
-        demand = 0.0
-        for worker in pool.workers:
-            capacity = worker.perf.kv.capacity_tokens
-            kv = pool.predicted_peak_kv(worker.index) / capacity if capacity else 0.0
-            value = float(atgt[worker.index])
-            demand += max(kv, value if math.isfinite(value) else 0.0)
-        capacity = max(w.perf.kv.capacity_tokens for w in pool.workers)
-        return demand + sum(r.prompt_tokens + r.predicted_output_tokens for r in self.scheduler.queue) / capacity
 
     def _outstanding_work(self, worker: int) -> float:
         """The core's view of a worker's outstanding work: its residents' predicted tokens still to generate."""
