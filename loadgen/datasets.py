@@ -242,7 +242,7 @@ _SEPARATORS = re.compile(r"[\s,]*")
 _CHUNK_BYTES = 1 << 22
 
 
-class _JsonArrayReader:
+class JsonArrayReader:
     """The elements of a file's top-level JSON array, decoded one at a time in 4 MB reads.
 
     A file cut inside its last element (the packaged ShareGPT copy is cut at 125 MB) ends the
@@ -369,7 +369,7 @@ def read_sharegpt(path: str | Path | None = None) -> ShareGPTData:
     source = Path(path) if path is not None else sharegpt_path()
     if not source.is_file():
         raise AladdinError(f"ShareGPT file {source} does not exist")
-    reader = _JsonArrayReader(source)
+    reader = JsonArrayReader(source)
     records = 0
     pairs = []
     for records, record in enumerate(reader, start=1):

@@ -97,11 +97,11 @@ def sharegpt_conversations(count: int, seed: int = 0, max_total_tokens: int = 40
     template. Turns are counted with the tiny model's tokenizer (only those within 8 characters
     per token of the limit: later ones cannot fit). Cached per process.
     """
-    from aladdin.loadgen.datasets import _JsonArrayReader, load_tokenizer, sharegpt_path
+    from aladdin.loadgen.datasets import JsonArrayReader, load_tokenizer, sharegpt_path
     from aladdin.modeldir import default_model_dir
 
     tokenizer = load_tokenizer(default_model_dir("tiny"))
-    records = list(_JsonArrayReader(sharegpt_path()))
+    records = list(JsonArrayReader(sharegpt_path()))
     order = np.random.default_rng(seed).permutation(len(records))
     prompts: list[int] = []
     outputs: list[int] = []
@@ -262,7 +262,7 @@ def run_once(worker_: WorkerConfig, workload: Workload, config: PlanConfig, vari
                     oracle_lengths=variant.oracle_lengths, predictor=config.predictor, seed=config.seed,
                     gpus_per_worker=worker_.gpus_per_worker, queue=variant.queue)
     result = simulate(workload.schedule(rate, count), worker_.perf, sim, variant.make(config.seed))
-    ttft_target, atgt_target = result._targets(config.ttft_slo, config.atgt_slo)
+    ttft_target, atgt_target = result.targets(config.ttft_slo, config.atgt_slo)
     atgt = np.nan_to_num(result.atgt, nan=0.0)
     met = (result.ttft <= ttft_target) & (atgt <= atgt_target)
     tiers = np.array([tier for tier, _, _ in result.slos or []], dtype=object)

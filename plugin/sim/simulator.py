@@ -231,7 +231,7 @@ class SimResult:
                 np.nan,
             )
 
-    def _targets(self, ttft_slo: float, atgt_slo: float) -> tuple[np.ndarray | float, np.ndarray | float]:
+    def targets(self, ttft_slo: float, atgt_slo: float) -> tuple[np.ndarray | float, np.ndarray | float]:
         """Each request's TTFT and ATGT targets: its own (--slo-tiers) where it has one, else the run's."""
         if not self.slos:
             return ttft_slo, atgt_slo
@@ -241,13 +241,13 @@ class SimResult:
 
     def has_slo(self, ttft_slo: float, atgt_slo: float) -> bool:
         """Whether any request has a finite SLO to attain (the run's or its own)."""
-        ttft, atgt = self._targets(ttft_slo, atgt_slo)
+        ttft, atgt = self.targets(ttft_slo, atgt_slo)
         return bool(np.isfinite(ttft).any() or np.isfinite(atgt).any())
 
     def attainment(self, ttft_slo: float, atgt_slo: float) -> float:
         """Fraction meeting both SLOs, each request's own where it has them (a one-token output
         has no ATGT to miss)."""
-        ttft, atgt_target = self._targets(ttft_slo, atgt_slo)
+        ttft, atgt_target = self.targets(ttft_slo, atgt_slo)
         atgt = np.nan_to_num(self.atgt, nan=0.0)
         return float(np.mean((self.ttft <= ttft) & (atgt <= atgt_target)))
 
@@ -316,7 +316,7 @@ class SimResult:
 
     def by_worker(self, ttft_slo: float, atgt_slo: float) -> dict[str, dict[str, Any]]:
         """Per worker: its model (profile, hardware, GPUs), requests served and their attainment."""
-        ttft, atgt_target = self._targets(ttft_slo, atgt_slo)
+        ttft, atgt_target = self.targets(ttft_slo, atgt_slo)
         met = (self.ttft <= ttft) & (np.nan_to_num(self.atgt, nan=0.0) <= atgt_target)
         out = {}
         for index, worker_id in enumerate(self.worker_ids):
