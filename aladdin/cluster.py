@@ -67,11 +67,19 @@ class ClusterConfig:
         for kv_tokens in self.kv_tokens_each or (self.kv_tokens,):
             if kv_tokens < BLOCK_SIZE:
                 raise AladdinError(f"--kv-tokens must be at least one block ({BLOCK_SIZE}), got {kv_tokens}")
-            if kv_tokens < self.max_model_len:
+            usable = usable_kv_tokens(kv_tokens)
+            if usable < self.max_model_len:
                 raise AladdinError(
                     f"--kv-tokens ({kv_tokens}) must hold one request of --max-model-len "
-                    f"({self.max_model_len}) tokens, or vLLM refuses to start"
+                    f"({self.max_model_len}) tokens, or vLLM refuses to start: vLLM keeps one of its "
+                    f"{kv_tokens // BLOCK_SIZE} blocks of {BLOCK_SIZE} tokens back, leaving {usable}; "
+                    f"give at least {self.max_model_len + BLOCK_SIZE}"
                 )
+
+
+def usable_kv_tokens(kv_tokens: int) -> int:
+    """The tokens a worker given ``kv_tokens`` can hold: whole blocks, less vLLM's null block."""
+    return max(kv_tokens // BLOCK_SIZE - 1, 0) * BLOCK_SIZE
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Two of the regimes live, through the router on real vLLM CPU workers: aladdin vs jsq vs po2.
 
-- ``heterogeneous``: two tiny-model workers of different sizes (KV caches of 2048 and 8192
+- ``heterogeneous``: two tiny-model workers of different sizes (KV caches of 2,048 and 8,160
   tokens, each with the engine plugin, one core each): jsq and po2 balance request counts, so
   the small worker gets as many requests as the large one; aladdin places by each worker's
   predicted KV and ATGT fill.
@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=2.5)
     parser.add_argument("-n", "--num-requests", type=int, default=100)
-    parser.add_argument("--sizes", default="2048,8192", help="the heterogeneous pass: KV tokens of each worker")
+    parser.add_argument("--sizes", default="2080,8192", help="heterogeneous pass: KV tokens per worker")
     parser.add_argument("--kv-tokens", default="4096", help="the multi-tier pass: KV tokens of each worker")
     parser.add_argument("--max-output-tokens", type=int, default=256)
     parser.add_argument("--ttft-slo", type=float, default=1.0)

@@ -62,7 +62,7 @@ def test_worker_dying_at_start_shows_its_log(tiny_model_dir, tmp_path):
     # A context longer than the model's positions makes vLLM refuse to start.
     config = ClusterConfig(
         workers=1, model_dir=tiny_model_dir, state_dir=tmp_path, base_port=free_port_block(1),
-        max_model_len=65536, kv_tokens=65536,
+        max_model_len=65536, kv_tokens=65536 + 32,
     )
     with pytest.raises(AladdinError) as err:
         LocalCluster(config).start()
