@@ -30,6 +30,7 @@ The API (keep it small; regimes build on it, signatures do not change):
 - ``run_once(worker, workload, config, variant, workers, rate, count)``: one simulation's
   summary (attainment, per SLO tier too, preemptions, TTFT/ATGT percentiles, central
   queueing) for diagnosis.
+- ``sized_payload(setup, config, size, rows)``: a GPU-count regime's JSON payload.
 - ``ratio(payload)``: aladdin's GPUs / the best baseline's (None if either is missing); takes a
   payload with "gpus" or "gpu_hours".
 - ``format_table(headers, rows)``, ``bar_plot(path, groups, title, ylabel)``.
@@ -229,6 +230,19 @@ def fewest_gpus_rates(workers: WorkerConfig | Sequence[WorkerConfig], workload: 
                 out["aladdin_variant"] = check.variant.label + suffix(check)
         rows.append(out)
     return rows
+
+
+def sized_payload(setup: dict[str, Any], config: PlanConfig, size: Mapping[str, Any],
+                  rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A GPU-count regime's payload: its ``setup`` plus the search's settings, and the last
+    (headline) rate's answer beside every rate's row."""
+    head = rows[-1]
+    return {
+        "setup": {**setup, "num_requests": config.num_requests, "check_requests": config.check_requests,
+                  "headrooms": list(size["headrooms"]), "queues": list(size["queues"])},
+        "rate": head["rate"], "gpus": head["gpus"], "aladdin_variant": head["aladdin_variant"],
+        "aladdin_vs_best_baseline": head["aladdin_vs_best_baseline"], "rates": list(rows),
+    }
 
 
 def sweep(worker_: WorkerConfig, workload: Workload, config: PlanConfig, planner: Planner,

@@ -150,20 +150,13 @@ def run(quick: bool, log) -> dict[str, Any]:
                 row["at_aladdin_size"][family] = by_type(at, workload, config, variant, rate, count)
         rows.append(row)
         print(f"  {multiple:g} x knee ({rate:.3g} req/s): {row['gpus']}", flush=True)
-    head = rows[-1]
-    return {
-        "setup": {"profiles": [f"profiles/{SMALL}", f"profiles/{LARGE}"],
+    return common.sized_payload({"profiles": [f"profiles/{SMALL}", f"profiles/{LARGE}"],
                   "mix": "m workers alternating 1-GPU (H100) and 2-GPU (H100 TP2) Llama-2-7B, 1-GPU first; "
                          "GPUs = ceil(m/2) + 2 floor(m/2)",
                   "workload": "ShareGPT openings", "lengths": common.describe(workload),
                   "ttft_slo_s": ttft, "atgt_slo_s": atgt, "ttft_mult": TTFT_MULT, "atgt_mult": ATGT_MULT,
                   "slo_reference": f"profiles/{SMALL} (the slower worker)", "attainment": config.attainment,
-                  "fcfs_knee_rps": {"1gpu": knee, "2gpu": knee_large}, "num_requests": config.num_requests,
-                  "check_requests": config.check_requests, "headrooms": list(size["headrooms"]),
-                  "queues": list(size["queues"])},
-        "rate": head["rate"], "gpus": head["gpus"], "aladdin_variant": head["aladdin_variant"],
-        "aladdin_vs_best_baseline": head["aladdin_vs_best_baseline"], "rates": rows,
-    }
+                  "fcfs_knee_rps": {"1gpu": knee, "2gpu": knee_large}}, config, size, rows)
 
 
 def table(payload: dict[str, Any]) -> str:

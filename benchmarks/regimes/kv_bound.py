@@ -49,20 +49,13 @@ def run(quick: bool, log) -> dict[str, Any]:
     knee, rows = common.sweep(worker, workload, config, planner, size["multiples"])
     for row in rows:
         row["kv_floor_workers"] = kv_floor(worker.perf, workload, row["rate"])
-    head = rows[-1]
-    return {
-        "setup": {"profile": f"profiles/{PROFILE}", "kv_tokens": worker.perf.kv.capacity_tokens,
+    return common.sized_payload({"profile": f"profiles/{PROFILE}", "kv_tokens": worker.perf.kv.capacity_tokens,
                   "kv_why": "a 48 GB card's KV for a 13B fp16 model (~14.5 GB = ~18k tokens, rounded to 16k); "
                             "the H200 profile holds 131k",
                   "workload": "ShareGPT conversations, history up to the deepest reply fitting 4096 tokens",
                   "lengths": common.describe(workload), "ttft_slo_s": ttft, "atgt_slo_s": atgt,
                   "ttft_mult": TTFT_MULT, "atgt_mult": ATGT_MULT, "attainment": config.attainment,
-                  "fcfs_knee_rps": knee, "num_requests": config.num_requests,
-                  "check_requests": config.check_requests, "headrooms": list(size["headrooms"]),
-                  "queues": list(size["queues"])},
-        "rate": head["rate"], "gpus": head["gpus"], "aladdin_variant": head["aladdin_variant"],
-        "aladdin_vs_best_baseline": head["aladdin_vs_best_baseline"], "rates": rows,
-    }
+                  "fcfs_knee_rps": knee}, config, size, rows)
 
 
 def kv_floor(perf, workload, rate: float) -> float:

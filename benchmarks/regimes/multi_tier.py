@@ -43,19 +43,12 @@ def run(quick: bool, log) -> dict[str, Any]:
                         check_requests=size["check_requests"])
     planner = common.make_planner(worker, workload, config, common.variants(size["headrooms"], size["queues"]), log)
     knee, rows = common.sweep(worker, workload, config, planner, size["multiples"])
-    head = rows[-1]
-    return {
-        "setup": {"profile": f"profiles/{PROFILE}", "workload": "ShareGPT openings (first human turn -> reply)",
+    return common.sized_payload({"profile": f"profiles/{PROFILE}", "workload": "ShareGPT openings (first human turn -> reply)",
                   "lengths": common.describe(base),
                   "tiers": [{"name": t.name, "share": t.share, "ttft_slo_s": t.ttft_s, "atgt_slo_s": t.atgt_s,
                              "ttft_mult": m[2], "atgt_mult": m[3]} for t, m in zip(tiers, TIERS)],
                   "unloaded_ttft_s": ttft0, "unloaded_token_s": token0, "attainment": config.attainment,
-                  "fcfs_knee_rps": knee, "num_requests": config.num_requests,
-                  "check_requests": config.check_requests, "headrooms": list(size["headrooms"]),
-                  "queues": list(size["queues"])},
-        "rate": head["rate"], "gpus": head["gpus"], "aladdin_variant": head["aladdin_variant"],
-        "aladdin_vs_best_baseline": head["aladdin_vs_best_baseline"], "rates": rows,
-    }
+                  "fcfs_knee_rps": knee}, config, size, rows)
 
 
 def table(payload: dict[str, Any]) -> str:
