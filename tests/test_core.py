@@ -127,6 +127,22 @@ def test_the_chance_constrained_kv_filter_keeps_a_margin_that_grows_with_the_roo
     assert not spec.takes_headroom and NAMED["aladdin-chance"].takes_headroom  # its ATGT filters take one
 
 
+def test_each_admission_stalls_the_decodes_it_joins_and_delays_the_ttfts_behind_it():
+    base_perf = replace(PERF, prefill=PrefillModel(a=1e-4, q=0.0, c=0.02))  # front end 10 ms
+    base, costly = scheduler(workers=1, perf=base_perf), scheduler(workers=1, perf=replace(base_perf, admit_s=2e-3))
+    for s in (base, costly):
+        decoding(s, "w0", "a", 100, 50, atgt_slo=1.0)
+        queued = Request("q", 200, 0.0, predicted_output_tokens=10)
+        s.worker("w0").place(queued)  # placed, not yet admitted by the engine
+        s.requests["q"] = queued
+    new = Request("n", 100, 0.0, predicted_output_tokens=10)
+    (ttft, alone), (ttft_costly, alone_costly) = (Evaluation(s.pool, new, 0.0, True).ttft() for s in (base, costly))
+    # 2 ms less front end, then q's admission and its own: 2 ms more; alone, as a lone prompt measured
+    assert ttft_costly[0] - ttft[0] == pytest.approx(2e-3) and alone_costly[0] == pytest.approx(alone[0])
+    work, work_costly = (Evaluation(s.pool, new, 0.0, True).own_prefill_work[0] for s in (base, costly))
+    assert work_costly - work == pytest.approx(2e-3)  # what it stalls the residents by
+
+
 def test_a_resident_already_missing_its_atgt_does_not_close_its_worker():
     # Old bug (c): one resident predicted at 1.4x its ATGT budget refused every new ATGT request.
     s = scheduler(workers=1)

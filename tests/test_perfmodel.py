@@ -160,6 +160,20 @@ def test_mixed_iteration_pays_one_decode_pass_and_the_rest_of_c_p_is_front_end_t
     assert fast_prefill.frontend_s == 0.0 and fast_prefill.prefill_pass_s == DECODE.c / 2
 
 
+def test_admission_cost_comes_out_of_the_front_end_and_into_the_iteration_that_admits():
+    admitting = PerfModel(PREFILL, DECODE, PERF.kv, 256, 8192, admit_s=2e-3)
+    assert admitting.frontend_s == pytest.approx(PERF.frontend_s - 2e-3)
+    assert admitting.ttft_alone(700) == pytest.approx(PREFILL.time_single(700))  # a lone prompt: as measured
+    assert admitting.iteration_time(12, 5000, [100, 50], [0, 0], admitted=2) == pytest.approx(
+        PERF.iteration_time(12, 5000, [100, 50], [0, 0]) + 4e-3)
+    assert admitting.iteration_time(12, 5000, [256], [1024]) == PERF.iteration_time(12, 5000, [256], [1024])
+    # a cost above c_p - c_d leaves no front end, and a lone prompt pays the rest
+    costly = PerfModel(PREFILL, DECODE, PERF.kv, 256, 8192, admit_s=PERF.frontend_s + 1e-3)
+    assert costly.frontend_s == 0.0 and costly.ttft_alone(700) == pytest.approx(PREFILL.time_single(700) + 1e-3)
+    with pytest.raises(ValueError, match="admit_s"):
+        PerfModel(PREFILL, DECODE, PERF.kv, 256, 8192, admit_s=-1e-3)
+
+
 # --- fitting ---------------------------------------------------------------------------
 
 
@@ -306,6 +320,18 @@ def test_profile_without_diagnostics_or_samples(tmp_path):
     assert loaded.meta["prefill_fit"] is None and loaded.meta["samples"] is None
 
 
+def test_profile_admission_cost_round_trip(tmp_path):
+    admitting = PerfModel(PREFILL, DECODE, KV, 256, 8192, admit_s=2.1e-3,
+                          meta={"admission": {"n_samples": 72, "method": "joins into a steady decode batch"}})
+    path = save_profile(tmp_path / "p.json", admitting, META)
+    assert json.loads(path.read_text())["admission"] == {"cost_s": 2.1e-3, "n_samples": 72,
+                                                         "method": "joins into a steady decode batch"}
+    loaded = load_profile(path)
+    assert loaded == admitting and loaded.meta["admission"]["n_samples"] == 72
+    assert "admission" not in json.loads(save_profile(tmp_path / "q.json", PERF, META).read_text())
+    assert load_profile(tmp_path / "q.json").admit_s == 0.0  # profiles measured before it: no cost
+
+
 def write_variant(tmp_path, change) -> str:
     path = save_profile(tmp_path / "p.json", PERF, META)
     document = json.loads(path.read_text())
@@ -329,6 +355,8 @@ BAD_PROFILES = {
     "inconsistent capacity": (lambda d: d["kv"].update(capacity_tokens=999), "not num_blocks 1000 x block_size 16"),
     "fractional max_num_seqs": (lambda d: d.update(max_num_seqs=2.5), "max_num_seqs must be a positive integer"),
     "non-string model": (lambda d: d.update(model=7), "model must be a string"),
+    "negative admission cost": (lambda d: d.update(admission={"cost_s": -0.001}), "admission.cost_s must be >= 0"),
+    "admission without its cost": (lambda d: d.update(admission={}), "missing key admission.cost_s"),
     "bad fit diagnostics": (lambda d: d["prefill"].update(fit={"method": "nnls"}), "missing key prefill.fit.n_samples"),
 }
 
@@ -368,6 +396,8 @@ def test_tensor_parallel_derivation_splits_work_and_adds_memory():
     assert tp.kv.capacity_tokens == 4 * 16_000 + 3 * 16_000
     assert tp.meta["gpus_per_worker"] == 4 and tp.meta["derived"]["parallel_share"] == 0.5
     assert scale_tensor_parallel(base, 1, num_layers=32, weight_bytes=1, kv_bytes_per_token=1).decode == base.decode
+    admitting = PerfModel(base.prefill, base.decode, base.kv, 64, 2048, admit_s=2e-3, meta=base.meta)
+    assert scale_tensor_parallel(admitting, 4, num_layers=32, weight_bytes=1, kv_bytes_per_token=1).admit_s == 2e-3
 
 
 def test_profile_derive_command_writes_a_marked_profile(tmp_path):

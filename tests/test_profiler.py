@@ -11,6 +11,7 @@ import pytest
 
 from aladdin.loadgen.records import RequestRecord
 from aladdin.plugin.profile.profiler import (
+    admission_samples,
     decode_samples,
     drop_bursts,
     parse_cache_info,
@@ -37,6 +38,21 @@ def test_decode_samples_recover_iteration_times_despite_bursts():
     assert np.allclose(times[sizes == 2], 0.010, rtol=0.03)
     assert np.allclose(times[sizes == 1], 0.006, rtol=0.03)
     assert (contexts[sizes == 2] > 150).all() and (contexts[sizes == 1] < 100).all()
+
+
+def test_admission_samples_find_what_each_join_added_beyond_its_prefill():
+    # Four requests decode in 10 ms steps; a join prefilled in step 40 makes it 3 ms longer and
+    # the next one 0.5 ms longer (its release); its prefill work is 1 ms, so 2.5 ms is admission.
+    steps = np.full(100, 0.010)
+    steps[40] += 0.003
+    steps[41] += 0.0005
+    ends = 0.2 + np.cumsum(steps)
+    batch = [record(i, 64, list(ends + 1e-4 * i)) for i in range(4)]  # delivered one after another
+    join = record(9, 128, [ends[40] + 5e-5])
+    early = record(10, 128, [ends[2]])  # before the batch is steady enough to compare: skipped
+    samples = admission_samples(batch, [join, early], lambda n: 1e-3 * n / 128)
+    assert samples["prompt_tokens"].tolist() == [128.0]
+    assert samples["excess_s"] == pytest.approx([3.5e-3]) and samples["cost_s"] == pytest.approx([2.5e-3])
 
 
 def test_metrics_parsing():
@@ -72,6 +88,8 @@ def test_quick_profile_and_validation_on_real_vllm(vllm_server, tmp_path):
     assert doc["kv"] == {"block_size": 32, "num_blocks": 511, "capacity_tokens": 511 * 32}  # block 0 is vLLM's null block
     assert doc["prefill"]["fit"]["n_samples"] == 5 and doc["decode"]["fit"]["n_samples"] >= 6
     assert doc["vllm_version"].startswith("0.")
+    assert doc["admission"]["cost_s"] >= 0 and doc["admission"]["n_samples"] >= 3
+    assert "admission:" in proc.stdout
 
     report = tmp_path / "validation.json"
     proc = aladdin("profile", "validate", str(profile), "--host", vllm_server.url, "-n", "48", "--max-output-tokens", "128",

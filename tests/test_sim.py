@@ -81,6 +81,7 @@ def reference(perf: PerfModel, requests: list[tuple[float, int, int]]) -> list[l
                 state[i]["alloc"], used = state[i]["alloc"] + need, used + need
                 chunks.append((i, take, state[i]["comp"]))
                 budget -= take
+        admitted = 0
         if not preempted:
             while waiting and budget > 0 and len(running) < perf.max_num_seqs:
                 i = waiting[0]
@@ -93,8 +94,10 @@ def reference(perf: PerfModel, requests: list[tuple[float, int, int]]) -> list[l
                 state[i]["alloc"], used = need, used + need
                 chunks.append((i, take, 0))
                 budget -= take
+                admitted += 1
         now += perf.iteration_time(
-            len(decoding), sum(state[i]["tok"] for i in decoding), [c[1] for c in chunks], [c[2] for c in chunks]
+            len(decoding), sum(state[i]["tok"] for i in decoding), [c[1] for c in chunks], [c[2] for c in chunks],
+            admitted,
         )
         for i in decoding:
             state[i]["tok"] += 1
@@ -144,6 +147,16 @@ def test_two_requests_batching_changes_iteration_times_as_the_model_says():
     t.append(t[-1] + DECODE.time(2, 105 + 52))  # r1's third token ends it; r0's sixth ends it
     assert result.times_of(0) == pytest.approx(t, rel=1e-12)
     assert result.times_of(1) == pytest.approx(t[3:], rel=1e-12)
+
+
+def test_an_admission_slows_the_iteration_that_admits_and_leaves_a_lone_ttft_unchanged():
+    admitting = PerfModel(PREFILL, DECODE, PERF.kv, PERF.max_num_seqs, PERF.max_batched_tokens, admit_s=2e-3)
+    arrival_1 = PREFILL.time_single(100) + 0.001  # during r0's first decode iteration
+    before = run_one_worker(PERF, [(0.0, 100, 6), (arrival_1, 50, 3)])
+    after = run_one_worker(admitting, [(0.0, 100, 6), (arrival_1, 50, 3)])
+    assert after.ttft[0] == pytest.approx(before.ttft[0], rel=1e-12)  # the cost came out of the front end
+    # r0's iteration that admits r1 takes 2 ms longer, and r1 reaches the engine 2 ms sooner
+    assert np.diff(after.times_of(0)) - np.diff(before.times_of(0)) == pytest.approx([0, 2e-3, 0, 0, 0], abs=1e-12)
 
 
 def test_kv_overflow_preempts_the_newest_request_and_it_recomputes():
@@ -199,11 +212,12 @@ def test_split_phase_decode_pool_placement_sees_only_decode_workers():
 
 
 
-@pytest.mark.parametrize("budget", [2048, 64])
-def test_matches_the_per_iteration_reference(budget):
+@pytest.mark.parametrize("budget,admit_s", [(2048, 0.0), (64, 0.0), (64, 2e-3)])
+def test_matches_the_per_iteration_reference(budget, admit_s):
     """Decode runs jump in closed form and arrivals cut them; the token times must still be
-    exactly those of stepping every iteration (chunked prefill and preemption included)."""
-    perf = PerfModel(PREFILL, DECODE, KVModel(8, 8 * 60), max_num_seqs=6, max_batched_tokens=budget)
+    exactly those of stepping every iteration (chunked prefill, preemption and each
+    admission's cost included)."""
+    perf = PerfModel(PREFILL, DECODE, KVModel(8, 8 * 60), max_num_seqs=6, max_batched_tokens=budget, admit_s=admit_s)
     rng = np.random.default_rng(3)
     arrivals = np.cumsum(rng.exponential(0.08, 25))
     requests = [(float(a), int(p), int(o)) for a, p, o in zip(arrivals, rng.integers(1, 150, 25), rng.integers(1, 120, 25))]

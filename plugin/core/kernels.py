@@ -29,11 +29,11 @@ HELD_MAX, UPPER_MAX = range(len(TABLES))
 SCALARS = (
     "origin", "horizon", "outstanding", "decoding", "decoding_context_base", "unprefilled",
     "prefill_work_ahead", "kv_held", "capacity", "block_size", "max_num_seqs", "max_batched_tokens",
-    "dec_a", "dec_b", "dec_c", "pre_a", "pre_q", "pre_pass", "frontend",
+    "dec_a", "dec_b", "dec_c", "pre_a", "pre_q", "pre_pass", "frontend", "admit",
 )
 (ORIGIN, HORIZON, OUTSTANDING, N_DECODING, DECODING_CONTEXT_BASE, UNPREFILLED, PREFILL_WORK_AHEAD, KV_HELD,
  CAPACITY, BLOCK_SIZE, MAX_NUM_SEQS, MAX_BATCHED_TOKENS, DEC_A, DEC_B, DEC_C, PRE_A, PRE_Q, PRE_PASS,
- FRONTEND) = range(len(SCALARS))
+ FRONTEND, ADMIT) = range(len(SCALARS))
 
 KV_FITS, KV_OVER, KV_CLOSE = 0, 1, 2  # kv_check's verdicts; CLOSE: the bounds straddle the limit
 
@@ -50,7 +50,9 @@ def _started(ints, floats, row, s, step):
 
 @njit(cache=True)
 def _prefill_stall(scalars, row, context):
-    return scalars[PRE_A, row] * context + scalars[PRE_Q, row] * context * context
+    """Engine time a prompt of ``context`` tokens adds to the iterations it shares: its prefill
+    work and its admission (PerfModel.admit_s)."""
+    return scalars[PRE_A, row] * context + scalars[PRE_Q, row] * context * context + scalars[ADMIT, row]
 
 
 @njit(cache=True)

@@ -12,6 +12,7 @@ that handle user input turn that into AladdinError.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,19 +190,26 @@ class PerfModel:
     kv: KVModel
     max_num_seqs: int
     max_batched_tokens: int
+    # Engine time each request costs the iteration that admits it (adding it to the batch, and
+    # later releasing it), beyond its prefill work: every running request waits for it. It is
+    # part of a lone prompt's c_p, so it comes out of the front-end time (docs/perfmodel.md,
+    # "Admission cost"); 0 when not measured.
+    admit_s: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_batched_tokens must be >= 1")
+        if not (math.isfinite(self.admit_s) and self.admit_s >= 0.0):
+            raise ValueError(f"admit_s must be >= 0 seconds, got {self.admit_s}")
 
     @property
     def frontend_s(self) -> float:
-        """Time a new request spends before the engine can schedule it (HTTP, tokenization,
-        admission): the part of a lone prompt's fixed TTFT cost ``c_p`` beyond one forward
-        pass, max(c_p - c_d, 0). It delays that request only, never the GPU (docs/perfmodel.md,
-        "Mixed iterations")."""
-        return max(self.prefill.c - self.decode.c, 0.0)
+        """Time a new request spends before the engine can schedule it (HTTP, tokenization):
+        the part of a lone prompt's fixed TTFT cost ``c_p`` beyond one forward pass and its
+        admission, max(c_p - c_d - admit_s, 0). It delays that request only, never the GPU
+        (docs/perfmodel.md, "Mixed iterations")."""
+        return max(self.prefill.c - self.decode.c - self.admit_s, 0.0)
 
     @property
     def prefill_pass_s(self) -> float:
@@ -214,12 +222,14 @@ class PerfModel:
         decode_context_tokens: float,
         prefill_new_tokens: ArrayLike = (),
         prefill_computed_tokens: ArrayLike = 0,
+        admitted: int = 0,
     ) -> float:
         """Time of one (possibly mixed) iteration under chunked prefill.
 
-        The decode part and the variable part of every prefill chunk add up; the fixed
-        cost is paid once per forward pass: c_d with decodes in it, else ``prefill_pass_s``.
-        ``prefill_new_tokens``/``prefill_computed_tokens`` list the chunks in this iteration.
+        The decode part, the variable part of every prefill chunk and ``admit_s`` per request
+        this iteration admits add up; the fixed cost is paid once per forward pass: c_d with
+        decodes in it, else ``prefill_pass_s``. ``prefill_new_tokens``/``prefill_computed_tokens``
+        list the chunks in this iteration.
         """
         new = np.asarray(prefill_new_tokens, dtype=float).ravel()
         computed = np.broadcast_to(np.asarray(prefill_computed_tokens, dtype=float).ravel(), new.shape)
@@ -227,16 +237,17 @@ class PerfModel:
         has_decode = decode_batch_size > 0
         if not (has_prefill or has_decode):
             return 0.0
-        prefill_work = float(np.sum(self.prefill.chunk_work(new, computed)))
+        prefill_work = float(np.sum(self.prefill.chunk_work(new, computed))) + admitted * self.admit_s
         if not has_decode:
             return prefill_work + self.prefill_pass_s
         decode_work = self.decode.a * decode_batch_size + self.decode.b * decode_context_tokens
         return float(decode_work + prefill_work + self.decode.c)
 
     def ttft_alone(self, prompt_tokens: ArrayLike) -> float | np.ndarray:
-        """Element-wise TTFT of prompts alone on an idle worker: the front-end time, then
-        chunks of ``max_batched_tokens``, each one prefill-only pass. Equals ``prefill.time_single``
-        for a prompt within one chunk."""
+        """Element-wise TTFT of prompts alone on an idle worker: the front-end time, the
+        admission, then chunks of ``max_batched_tokens``, each one prefill-only pass. Equals
+        ``prefill.time_single`` for a prompt within one chunk."""
         n = np.asarray(prompt_tokens, dtype=float)
         chunks = np.maximum(np.ceil(n / self.max_batched_tokens), 1.0)
-        return _scalar_or_array(self.frontend_s + self.prefill.chunk_work(n, 0) + chunks * self.prefill_pass_s)
+        fixed = self.frontend_s + self.admit_s
+        return _scalar_or_array(fixed + self.prefill.chunk_work(n, 0) + chunks * self.prefill_pass_s)

@@ -89,9 +89,10 @@ class Evaluation:
 
     @property
     def own_prefill_work(self) -> np.ndarray:
+        """Per worker, the engine time the request's prefill and admission add (kernels._prefill_stall)."""
         if self._own_work is None:
             c = float(self.context)
-            self._own_work = self.s("pre_a") * c + self.s("pre_q") * c * c
+            self._own_work = self.s("pre_a") * c + self.s("pre_q") * c * c + self.s("admit")
         return self._own_work
 
     def ttft(self) -> tuple[np.ndarray, np.ndarray]:

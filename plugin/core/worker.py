@@ -278,9 +278,11 @@ class WorkerState:
         return context - done, done
 
     def _chunk_work(self, left: int, done: int) -> float:
-        """PrefillModel.chunk_work for one chunk, in scalar arithmetic (a hot path)."""
+        """PrefillModel.chunk_work for one chunk, in scalar arithmetic (a hot path), plus the
+        admission (PerfModel.admit_s) of a request not yet admitted (nothing computed)."""
         prefill = self.perf.prefill
-        return prefill.a * left + prefill.q * left * (2.0 * done + left)
+        work = prefill.a * left + prefill.q * left * (2.0 * done + left)
+        return work if done else work + self.perf.admit_s
 
     def _add_prefill(self, request: Request) -> None:
         left, done = self._prefill_left(request)
@@ -375,7 +377,7 @@ class WorkerPool:
                 ("max_num_seqs", perf.max_num_seqs), ("max_batched_tokens", perf.max_batched_tokens),
                 ("dec_a", perf.decode.a), ("dec_b", perf.decode.b), ("dec_c", perf.decode.c),
                 ("pre_a", perf.prefill.a), ("pre_q", perf.prefill.q), ("pre_pass", perf.prefill_pass_s),
-                ("frontend", perf.frontend_s),
+                ("frontend", perf.frontend_s), ("admit", perf.admit_s),
             ):
                 self._views[name][w.index] = value
 

@@ -102,7 +102,8 @@ def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batche
     engine = _engine(host, model)
     _, synthesize = _synthesizer(tokenizer)
     plan = ProfilePlan.quick() if quick else ProfilePlan.full(max_prompt_tokens, decode_tokens, prefill_tokens)
-    steps = len(plan.prefill_lengths) + len(plan.decode_grid(engine.info.kv_model(), max_num_seqs))
+    steps = (len(plan.prefill_lengths) + len(plan.decode_grid(engine.info.kv_model(), max_num_seqs))
+             + (len(plan.admission.batch_sizes) if plan.admission else 0))
     with _progress(steps, "profiling failed") as step:
         run = run_profile(engine, synthesize, plan, max_num_seqs, max_batched_tokens, step)
     meta = ProfileMeta(
@@ -116,7 +117,65 @@ def profile(ctx, host, model, output, quick, tokenizer, max_num_seqs, max_batche
     click.echo(f"decode:  T = {d.a:.3e}*B + {d.b:.3e}*S + {d.c:.3e} s   "
                f"(R^2 {run.decode_fit.r_squared:.3f}, fit median error {run.decode_fit.median_abs_pct_error:.1f}%)")
     click.echo(f"KV: {kv.capacity_tokens} tokens in blocks of {kv.block_size}")
+    _echo_admission(run.perf)
     click.echo(f"wrote {output}")
+
+
+def _echo_admission(perf) -> None:
+    if not perf.meta.get("admission"):
+        return
+    low, high = perf.meta["admission"]["iqr_s"]
+    click.echo(f"admission: {1000 * perf.admit_s:.2f} ms per request (IQR {1000 * low:.2f}-{1000 * high:.2f} ms, "
+               f"{perf.meta['admission']['n_samples']} joins); front end {1000 * perf.frontend_s:.2f} ms")
+
+
+def _check_same_worker(profile_file: Path, perf, engine, host: str) -> None:
+    if engine.info.kv_model() != perf.kv:
+        raise AladdinError(
+            f"{profile_file} describes a KV cache of {perf.kv.capacity_tokens} tokens (blocks of "
+            f"{perf.kv.block_size}) but {host} has {engine.info.kv_model().capacity_tokens} (blocks of "
+            f"{engine.info.block_size}): not the same worker configuration"
+        )
+
+
+@profile.command("admission")
+@click.argument("profile_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", required=True, help="Base URL of the server the profile describes.")
+@click.option("--model", default=None)
+@click.option("--quick", is_flag=True, help="One small batch and 8 joins (seconds on the CPU test server).")
+@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model folder whose tokenizer builds exact-length prompts (default: the tiny model).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Profile file to write (default: PROFILE_FILE itself).")
+def admission(profile_file, host, model, quick, tokenizer, output):
+    """Measure the engine time each admitted request costs and add it to a profile.
+
+    Lone prompts join a steady decode batch; what they add to its steps beyond their prefill
+    work is the profile's admission cost (docs/perfmodel.md, "Admission cost"). The rest of the
+    profile is kept as it was measured.
+    """
+    from aladdin.plugin.profile.io import ProfileMeta, load_profile, save_profile
+    from aladdin.plugin.profile.profiler import AdmissionPlan, run_admission, with_admission
+
+    perf = load_profile(profile_file)
+    if perf.meta.get("derived"):
+        raise AladdinError(f"{profile_file} is derived, not measured; measure the admission cost on a measured profile")
+    engine = _engine(host, model)
+    _check_same_worker(profile_file, perf, engine, host)
+    _, synthesize = _synthesizer(tokenizer)
+    plan = AdmissionPlan.quick() if quick else AdmissionPlan.full()
+    with _progress(len(plan.batch_sizes), "measuring the admission cost failed") as step:
+        fit = run_admission(engine, synthesize, perf, plan, progress=step)
+    measured = with_admission(perf, fit, command="aladdin " + shlex.join(sys.argv[1:]),
+                              vllm_version=engine.info.vllm_version)
+    meta = perf.meta
+    samples = {**(meta["samples"] or {}), "admission": fit.samples}
+    save_profile(output or profile_file, measured,
+                 ProfileMeta(meta["model"], meta["hardware"], meta["gpus_per_worker"], meta["vllm_version"],
+                             meta["command"], meta["created"]),
+                 prefill_fit=meta["prefill_fit"], decode_fit=meta["decode_fit"], samples=samples)
+    _echo_admission(measured)
+    click.echo(f"wrote {output or profile_file}")
 
 
 @profile.command("validate")
@@ -140,12 +199,7 @@ def validate(profile_file, host, model, num_requests, max_output_tokens, group_s
 
     perf = load_profile(profile_file)
     engine = _engine(host, model)
-    if engine.info.kv_model() != perf.kv:
-        raise AladdinError(
-            f"{profile_file} describes a KV cache of {perf.kv.capacity_tokens} tokens (blocks of "
-            f"{perf.kv.block_size}) but {host} has {engine.info.kv_model().capacity_tokens} (blocks of "
-            f"{engine.info.block_size}): not the same worker configuration"
-        )
+    _check_same_worker(profile_file, perf, engine, host)
     tok, synthesize = _synthesizer(tokenizer)
     # A unique tag in front of each prompt: the server may have seen these prompts before, and a
     # prefix-cache hit would make its prefill look faster than the model says.

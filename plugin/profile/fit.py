@@ -59,6 +59,7 @@ def scale_tensor_parallel(perf: PerfModel, gpus: int, *, num_layers: int, weight
         kv=KVModel(block_size=block, capacity_tokens=tokens // block * block),
         max_num_seqs=perf.max_num_seqs,
         max_batched_tokens=perf.max_batched_tokens,
+        admit_s=perf.admit_s,  # the engine's CPU-side work per request: no GPU splits it
         meta={**perf.meta, "gpus_per_worker": gpus,
               "derived": {"from_gpus": 1, "gpus": gpus, **asdict(assumptions)}},
     )

@@ -79,6 +79,8 @@ def save_profile(
         "max_num_seqs": int(perf.max_num_seqs),
         "max_batched_tokens": int(perf.max_batched_tokens),
     }
+    if perf.admit_s or perf.meta.get("admission"):
+        document["admission"] = {"cost_s": float(perf.admit_s), **dict(perf.meta.get("admission") or {})}
     if perf.meta.get("derived"):
         document["derived"] = dict(perf.meta["derived"])  # an estimate from another worker size, not measured
     if samples is not None:
@@ -98,7 +100,8 @@ def load_profile(path: str | Path) -> PerfModel:
 
     meta keys: model, hardware, gpus_per_worker, vllm_version, created, command, path,
     prefill_fit and decode_fit (FitDiagnostics or None), samples (dict or None), derived
-    (None for a measured profile; how it was estimated otherwise).
+    (None for a measured profile; how it was estimated otherwise), admission (how the
+    admission cost ``PerfModel.admit_s`` was measured, or None: the file has no such cost).
     """
     reader = _Reader(Path(path))
     return reader.perf_model()
@@ -128,12 +131,16 @@ class _Reader:
         samples = doc.get("samples")
         if samples is not None and not isinstance(samples, dict):
             self.fail("samples must be an object")
+        admission = doc.get("admission")
+        if admission is not None and not isinstance(admission, dict):
+            self.fail("admission must be an object")
         return PerfModel(
             prefill=PrefillModel(*(self.coefficient(prefill, key, "prefill.") for key in ("a", "q", "c"))),
             decode=DecodeModel(*(self.coefficient(decode, key, "decode.") for key in ("a", "b", "c"))),
             kv=KVModel(block_size=block_size, capacity_tokens=capacity),
             max_num_seqs=self.positive_int(doc, "max_num_seqs"),
             max_batched_tokens=self.positive_int(doc, "max_batched_tokens"),
+            admit_s=self.coefficient(admission, "cost_s", "admission.") if admission is not None else 0.0,
             meta={
                 **{key: self.text(doc, key) for key in _TEXT_KEYS},
                 "gpus_per_worker": self.positive_int(doc, "gpus_per_worker"),
@@ -142,6 +149,7 @@ class _Reader:
                 "decode_fit": self.fit(decode, "decode."),
                 "samples": samples,
                 "derived": self.derived(doc),
+                "admission": {k: v for k, v in admission.items() if k != "cost_s"} if admission is not None else None,
             },
         )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import gevent
@@ -83,6 +83,29 @@ def read_engine_info(base_url: str, timeout_s: float = 10.0) -> EngineInfo:
 
 
 @dataclass(frozen=True)
+class AdmissionPlan:
+    """The admission-cost experiment: lone prompts (one output token each) join a steady decode
+    batch, one every ``spacing_steps`` steps. A lone prompt cannot show the cost, since its
+    TTFT includes the front end too; in a running batch, every step its admission slows is
+    seen in the other requests' token gaps (docs/perfmodel.md, "Admission cost")."""
+
+    batch_sizes: tuple[int, ...]
+    batch_prompt_tokens: int
+    join_prompt_tokens: tuple[int, ...]
+    joins_per_length: int
+    spacing_steps: int = 16
+
+    @classmethod
+    def full(cls) -> "AdmissionPlan":
+        """ShareGPT-like join lengths into a small and a larger batch (about 30 s on an H200)."""
+        return cls((16, 64), 256, (16, 128, 512), 24)
+
+    @classmethod
+    def quick(cls) -> "AdmissionPlan":
+        return cls((4,), 64, (32,), 8)
+
+
+@dataclass(frozen=True)
 class ProfilePlan:
     """The experiments of one profile run."""
 
@@ -94,6 +117,7 @@ class ProfilePlan:
     # Tokens each lone prefill request asks for (its TTFT is the time to the first). Real requests
     # ask for many; on vLLM 0.26 on an H100, 1, 2 and 8 gave the same TTFT (scripts/gpu/ttft_check.py).
     prefill_output_tokens: int = 1
+    admission: AdmissionPlan | None = None
 
     @classmethod
     def full(cls, max_prompt_tokens: int = 2048, decode_output_tokens: int = 64,
@@ -113,11 +137,11 @@ class ProfilePlan:
             decode_lengths.append(max_prompt_tokens // 2)
         return cls(tuple(lengths) + (max_prompt_tokens,), 3,
                    (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256), tuple(decode_lengths),
-                   decode_output_tokens, prefill_output_tokens)
+                   decode_output_tokens, prefill_output_tokens, AdmissionPlan.full())
 
     @classmethod
     def quick(cls) -> "ProfilePlan":
-        return cls((32, 128, 256, 512, 1024), 2, (1, 4, 8, 16), (64, 512), 64)
+        return cls((32, 128, 256, 512, 1024), 2, (1, 4, 8, 16), (64, 512), 64, admission=AdmissionPlan.quick())
 
     def decode_grid(self, kv: KVModel, max_num_seqs: int) -> list[tuple[int, int]]:
         """(batch, prompt length) pairs that fit the engine without preemption (90% of KV)."""
@@ -152,8 +176,11 @@ class LiveEngine:
         self.endpoint = Endpoint(self.base_url, model=model, timeout_s=timeout_s)
         self.info = read_engine_info(self.base_url)
 
-    def run_batch(self, specs: Sequence[RequestSpec], kv_probe_period_s: float | None = None) -> BatchResult:
-        """Send all ``specs`` at once and wait for them; optionally scrape KV usage meanwhile."""
+    def run_batch(self, specs: Sequence[RequestSpec], kv_probe_period_s: float | None = None,
+                  offsets: Sequence[float] | None = None) -> BatchResult:
+        """Send all ``specs`` at once (or each at its offset in seconds) and wait for them;
+        optionally scrape KV usage meanwhile."""
+        offsets = [0.0] * len(specs) if offsets is None else list(offsets)
         clock = RunClock(__import__("time").time() + 0.05)
         client = StreamingClient(self.endpoint, clock, client_name="profiler")
         records: list[RequestRecord] = []
@@ -161,7 +188,7 @@ class LiveEngine:
         result = BatchResult(records)
         prober = gevent.spawn(self._probe_kv, clock, kv_probe_period_s, result.probes) if kv_probe_period_s else None
         try:
-            dispatcher.run([ScheduledRequest(f"p{i}", 0.0, spec) for i, spec in enumerate(specs)])
+            dispatcher.run([ScheduledRequest(f"p{i}", at, spec) for i, (at, spec) in enumerate(zip(offsets, specs))])
         finally:
             if prober is not None:
                 prober.kill()
@@ -291,6 +318,113 @@ def noise_floor(groups: Sequence[np.ndarray]) -> float | None:
     return float(np.median(np.concatenate(devs))) if devs else None
 
 
+# Gaps around a join that its admission may slow: the step before it (async scheduling plans
+# the join while that step runs), the step that prefills it, and the step after (its release).
+JOIN_WINDOW_STEPS = 3
+JOIN_REFERENCE_STEPS = 5  # clean gaps on each side of the window, the step time without the join
+
+
+@dataclass(frozen=True)
+class AdmissionFit:
+    """The measured admission cost and how it was found (stored in the profile's ``admission``)."""
+
+    cost_s: float
+    samples: dict  # per join: prompt tokens, excess over the clean steps, excess minus its prefill work
+
+    def to_dict(self) -> dict:
+        cost = np.asarray(self.samples["cost_s"])
+        lengths = np.asarray(self.samples["prompt_tokens"])
+        q1, q3 = np.percentile(cost, [25, 75])
+        return {
+            "n_samples": int(cost.size),
+            "iqr_s": [float(q1), float(q3)],
+            "by_prompt_tokens": {str(int(n)): float(np.median(cost[lengths == n])) for n in np.unique(lengths)},
+            "method": "joins into a steady decode batch",
+        }
+
+
+def admission_samples(batch: Sequence[RequestRecord], joins: Sequence[RequestRecord],
+                      prefill_work: Callable[[float], float]) -> dict:
+    """Per join, the engine time it added beyond its prefill work.
+
+    While the ``batch`` decodes steadily, each of its requests gets one token per step; the
+    token nearest a join's first token closes the step that prefilled it. The gaps of the
+    JOIN_WINDOW_STEPS around it, less as many clean steps (the median of the
+    JOIN_REFERENCE_STEPS gaps on either side), is what the join added (the median over the
+    batch's requests); its ``prefill_work(prompt tokens)`` (PrefillModel.chunk_work) is taken
+    out. Joins outside the steady part, or too close to its ends, are skipped.
+    """
+    times = [token_times(r) for r in batch]
+    steady_from = max(t[0] for t in times)
+    steady_to = min(t[-1] for t in times)
+    lengths, excesses, costs = [], [], []
+    for join in joins:
+        if not join.chunk_times:
+            continue
+        first = join.chunk_times[0]
+        per_request = []
+        for t in times:
+            t = t[(t >= steady_from) & (t <= steady_to)]
+            k = int(np.argmin(np.abs(t - first))) if t.size else -1
+            start, end = k - 2, k + 1  # the window's gaps t[k-2] -> t[k-1] -> t[k] -> t[k+1]
+            if start - JOIN_REFERENCE_STEPS < 0 or end + JOIN_REFERENCE_STEPS >= t.size:
+                continue
+            gaps = np.diff(t)
+            reference = np.median(np.concatenate([gaps[start - JOIN_REFERENCE_STEPS:start],
+                                                  gaps[end:end + JOIN_REFERENCE_STEPS]]))
+            if abs(t[k] - first) > 0.5 * reference:
+                continue  # no step of this request ended with the join's
+            per_request.append(t[end] - t[start] - JOIN_WINDOW_STEPS * reference)
+        if len(per_request) * 2 < len(times):
+            continue  # most of the batch did not see it steadily
+        excess = float(np.median(per_request))
+        lengths.append(join.prompt_tokens)
+        excesses.append(excess)
+        costs.append(excess - prefill_work(join.prompt_tokens))
+    return {"prompt_tokens": np.array(lengths, dtype=float), "excess_s": np.array(excesses),
+            "cost_s": np.array(costs)}
+
+
+def run_admission(engine: LiveEngine, synthesize: Callable[[int, int, int, int], list[RequestSpec]],
+                  perf: PerfModel, plan: AdmissionPlan, seed: int = 50_000,
+                  progress: Callable[[str], None] = lambda _msg: None) -> AdmissionFit:
+    """Measure ``PerfModel.admit_s`` with ``perf``'s prefill and decode models (fitted already).
+
+    Per batch size, the batch starts together and streams long enough (from the decode model,
+    with a 1.5x margin) for every join to land in its steady part; joins of the plan's lengths,
+    interleaved, arrive ``spacing_steps`` predicted steps apart once the batch's prefills are done.
+    """
+    parts = []
+    for batch in plan.batch_sizes:
+        lead = 2.0 * float(perf.ttft_alone(batch * plan.batch_prompt_tokens)) + 0.2
+        for per_length in range(plan.joins_per_length, 0, -1):  # fewer joins where the cache is too small
+            n_joins = per_length * len(plan.join_prompt_tokens)
+            step = float(perf.decode.time(batch, batch * (plan.batch_prompt_tokens + plan.spacing_steps * n_joins / 2)))
+            output = int(1.5 * (lead / step + (n_joins + 2) * plan.spacing_steps)) + 16
+            if perf.kv.tokens_held(np.full(batch, plan.batch_prompt_tokens + output)) <= 0.9 * perf.kv.capacity_tokens:
+                break
+        else:
+            progress(f"admission: a batch of {batch} does not fit the KV cache; skipped")
+            continue
+        seed += 1
+        specs = synthesize(batch, plan.batch_prompt_tokens, output, seed)
+        offsets = [0.0] * batch
+        for j in range(n_joins):
+            seed += 1
+            specs += synthesize(1, plan.join_prompt_tokens[j % len(plan.join_prompt_tokens)], 1, seed)
+            offsets.append(lead + (j + 1) * plan.spacing_steps * step)
+        records = engine.run_batch(specs, offsets=offsets).records
+        parts.append(admission_samples(records[:batch], records[batch:],
+                                       lambda n: float(perf.prefill.chunk_work(n, 0))))
+        progress(f"admission: joins into a batch of {batch}")
+    if not parts:
+        raise ValueError("no admission batch fits the KV cache")
+    samples = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    if samples["cost_s"].size < 3:
+        raise ValueError(f"only {samples['cost_s'].size} joins landed in a steady decode batch (need 3)")
+    return AdmissionFit(max(float(np.median(samples["cost_s"])), 0.0), samples)
+
+
 # ---------------------------------------------------------------------------------------
 # The profile run
 
@@ -345,7 +479,17 @@ def run_profile(
         "prefill": {"prompt_tokens": prompts, "time": ttft},
         "decode": {"batch_size": sizes, "total_context": contexts, "time": gaps},
     }
+    if plan.admission is not None:
+        admission = run_admission(engine, synthesize, perf, plan.admission, progress=progress)
+        perf = with_admission(perf, admission)
+        samples["admission"] = admission.samples
     return ProfileRun(perf, prefill_fit, decode_fit, samples)
+
+
+def with_admission(perf: PerfModel, admission: AdmissionFit, **provenance: str) -> PerfModel:
+    """``perf`` with the measured admission cost, and how it was measured in ``meta["admission"]``."""
+    return replace(perf, admit_s=admission.cost_s,
+                               meta={**perf.meta, "admission": {**admission.to_dict(), **provenance}})
 
 
 # ---------------------------------------------------------------------------------------

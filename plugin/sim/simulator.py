@@ -876,6 +876,7 @@ class ClusterSimulator:
                 take = min(tokens - done, budget)
                 self._allocate_chunk(worker, head, done, take, len(hits))
                 chunks.append((head, take))
+                work += perf.admit_s
                 if self.kv_ready[head]:  # its KV came from a prefill worker: only its last token is new, a decode step
                     work += perf.decode.a + perf.decode.b * tokens
                     self.kv_ready[head] = 0

@@ -62,6 +62,14 @@ REALPREFILL=${REALPREFILL:-0}   # 1: instead of profiles, per size lone prefills
                   # start && bash scripts/gpu/profile_h200.sh wait 480' (7.9 minutes for both sizes on
                   # 2026-12-01; if it ends RUNNING: 'export REALPREFILL=1 DATA=.gpudata-prefill && bash
                   # ... wait 240'; if its files do not come back, 'wait 1' again)
+ADMISSION=${ADMISSION:-0}   # 1: instead of profiles, per size 'aladdin profile admission' on the committed
+                  # profiles/HW-llama2-SIZE.json (the server started with that profile's KV block count,
+                  # --num-gpu-blocks-override, so the profile and the server are the same worker): the
+                  # profile comes back with its admission cost (docs/perfmodel.md, "Admission cost").
+                  # Three calls back to back: carry .gpu/p01: 'mkdir -p /tmp/gpb && cp .gpu/p01/part
+                  # /tmp/gpb/p01'; carry .gpu/p02: 'cp .gpu/p02/part /tmp/gpb/p02'; carry .gpu/p03
+                  # .gpu/tools .whl .gpudata: 'cp .gpu/p03/part /tmp/gpb/p03 && export ADMISSION=1 && bash
+                  # scripts/gpu/profile_h200.sh start && bash scripts/gpu/profile_h200.sh wait 560'
 REALPREFILL_N=${REALPREFILL_N:-240}
 REALPREFILL_SEED=${REALPREFILL_SEED:-777}
 
@@ -78,6 +86,7 @@ start() {
   exec > >(tee -a "$W/setup.log") 2>&1
   echo "== $(date -u +%FT%TZ) start: sizes $SIZES, files $(profile_of SIZE) $(validation_of SIZE)"
   prepare_machine
+  [ "$ADMISSION" = 1 ] && cp profiles/*-llama2-*.json "$W/profiles/"
   cp "$0" scripts/gpu/server.sh scripts/gpu/ttft_check.py scripts/gpu/prefill_sweep.py scripts/gpu/validate_raw.py scripts/gpu/ttft_sharegpt.py \
     scripts/gpu/prefill_sharegpt.py "$W/"
   rm -f "$W"/done "$W"/done-*
@@ -91,6 +100,9 @@ one_shape() {  # one_shape SIZE: server, profile, sweep, validation, server stop
   profile=$(profile_of "$size") validation=$(validation_of "$size") gpu=$(gpu_name)
   echo "== $(date -u +%FT%TZ) $SHAPE on $gpu -> $profile, $validation"
   python3 -m aladdin model init "$MODEL_DIR" --shape "$SHAPE" || return 4
+  if [ "$ADMISSION" = 1 ]; then
+    SERVER_EXTRA=(--num-gpu-blocks-override "$(python3 -c "import json; print(json.load(open('$profile'))['kv']['num_blocks'] + 1)")")
+  fi
   SERVER_LOG="server-$size.log" start_server
   t0=$(date +%s)
   await_server
@@ -101,6 +113,13 @@ one_shape() {  # one_shape SIZE: server, profile, sweep, validation, server stop
       --seed "$REALPREFILL_SEED" --max-output-tokens "$VALIDATE_MAX_OUT" -o "$(realprefill_of "$size")" || return 6
     stop_server
     return 0
+  fi
+  if [ "$ADMISSION" = 1 ]; then
+    python3 -m aladdin profile admission "$profile" --host "http://127.0.0.1:$PORT" --tokenizer "$MODEL_DIR" \
+      2>&1 | tr '\r' '\n' | tee "admission-$size.log"
+    rc=${PIPESTATUS[0]}
+    stop_server
+    return "$rc"
   fi
   if [ "$DIAG" = 1 ]; then
     python3 ttft_check.py --host "http://127.0.0.1:$PORT" --tokenizer "$MODEL_DIR" --lengths 32 128 512 \
