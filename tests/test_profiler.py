@@ -41,18 +41,24 @@ def test_decode_samples_recover_iteration_times_despite_bursts():
 
 
 def test_admission_samples_find_what_each_join_added_beyond_its_prefill():
-    # Four requests decode in 10 ms steps; a join prefilled in step 40 makes it 3 ms longer and
-    # the next one 0.5 ms longer (its release); its prefill work is 1 ms, so 2.5 ms is admission.
-    steps = np.full(100, 0.010)
+    # Four requests decode in 10 ms steps. A one-token join prefilled in step 40 makes it 3 ms
+    # longer and the next 0.5 ms (its release); its prefill work is 1 ms, so 2.5 ms is its cost.
+    # Another joins in step 60 (+2 ms) and leaves in step 80 (+1 ms): 2 ms.
+    steps = np.full(120, 0.010)
     steps[40] += 0.003
     steps[41] += 0.0005
+    steps[60] += 0.002
+    steps[81] += 0.001
     ends = 0.2 + np.cumsum(steps)
     batch = [record(i, 64, list(ends + 1e-4 * i)) for i in range(4)]  # delivered one after another
-    join = record(9, 128, [ends[40] + 5e-5])
-    early = record(10, 128, [ends[2]])  # before the batch is steady enough to compare: skipped
-    samples = admission_samples(batch, [join, early], lambda n: 1e-3 * n / 128)
-    assert samples["prompt_tokens"].tolist() == [128.0]
-    assert samples["excess_s"] == pytest.approx([3.5e-3]) and samples["cost_s"] == pytest.approx([2.5e-3])
+    once = record(9, 128, [ends[40] + 5e-5])
+    stays = record(10, 128, list(ends[60:81] + 5e-5))
+    early = record(11, 128, [ends[2]])  # before the batch is steady enough to compare: skipped
+    samples = admission_samples(batch, [once, stays, early], lambda n: 1e-3 * n / 128)
+    assert samples["prompt_tokens"].tolist() == [128.0, 128.0]
+    assert samples["join_excess_s"] == pytest.approx([3.5e-3, 2e-3])
+    assert samples["leave_excess_s"] == pytest.approx([0.0, 1e-3])
+    assert samples["cost_s"] == pytest.approx([2.5e-3, 2e-3])
 
 
 def test_metrics_parsing():

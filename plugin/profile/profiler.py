@@ -84,8 +84,8 @@ def read_engine_info(base_url: str, timeout_s: float = 10.0) -> EngineInfo:
 
 @dataclass(frozen=True)
 class AdmissionPlan:
-    """The admission-cost experiment: lone prompts (one output token each) join a steady decode
-    batch, one every ``spacing_steps`` steps. A lone prompt cannot show the cost, since its
+    """The admission-cost experiment: lone prompts join a steady decode batch, one every
+    ``spacing_steps`` steps, and leave it ``join_output_tokens`` steps later. A lone prompt cannot show the cost, since its
     TTFT includes the front end too; in a running batch, every step its admission slows is
     seen in the other requests' token gaps (docs/perfmodel.md, "Admission cost")."""
 
@@ -93,12 +93,13 @@ class AdmissionPlan:
     batch_prompt_tokens: int
     join_prompt_tokens: tuple[int, ...]
     joins_per_length: int
-    spacing_steps: int = 16
+    join_output_tokens: int = 16  # each join decodes with the batch for this many steps, then leaves
+    spacing_steps: int = 32  # > join_output_tokens + both windows: no window sees two joins
 
     @classmethod
     def full(cls) -> "AdmissionPlan":
-        """ShareGPT-like join lengths into a small and a larger batch (about 30 s on an H200)."""
-        return cls((16, 64), 256, (16, 128, 512), 24)
+        """ShareGPT-like join lengths into a small and a larger batch (about 40 s on an H200)."""
+        return cls((16, 64), 256, (16, 128, 512), 12)
 
     @classmethod
     def quick(cls) -> "AdmissionPlan":
@@ -339,50 +340,61 @@ class AdmissionFit:
             "n_samples": int(cost.size),
             "iqr_s": [float(q1), float(q3)],
             "by_prompt_tokens": {str(int(n)): float(np.median(cost[lengths == n])) for n in np.unique(lengths)},
+            "join_excess_median_s": float(np.median(self.samples["join_excess_s"])),
+            "leave_excess_median_s": float(np.median(self.samples["leave_excess_s"])),
             "method": "joins into a steady decode batch",
         }
 
 
+def _step_excess(times: list[np.ndarray], instant: float) -> float | None:
+    """What the steps around ``instant`` took beyond clean steps, for a batch decoding steadily
+    (each array: one request's token times within the steady part); None unless most saw it."""
+    per_request = []
+    for t in times:
+        k = int(np.argmin(np.abs(t - instant))) if t.size else -1
+        start, end = k - 2, k + 1  # the window's gaps t[k-2] -> t[k-1] -> t[k] -> t[k+1]
+        if start - JOIN_REFERENCE_STEPS < 0 or end + JOIN_REFERENCE_STEPS >= t.size:
+            continue
+        gaps = np.diff(t)
+        reference = np.median(np.concatenate([gaps[start - JOIN_REFERENCE_STEPS:start],
+                                              gaps[end:end + JOIN_REFERENCE_STEPS]]))
+        if abs(t[k] - instant) > 0.5 * reference:
+            continue  # no step of this request ended then
+        per_request.append(t[end] - t[start] - JOIN_WINDOW_STEPS * reference)
+    return float(np.median(per_request)) if len(per_request) * 2 >= len(times) else None
+
+
 def admission_samples(batch: Sequence[RequestRecord], joins: Sequence[RequestRecord],
                       prefill_work: Callable[[float], float]) -> dict:
-    """Per join, the engine time it added beyond its prefill work.
+    """Per join, the engine time it added beyond its prefill work, when it joined and when it left.
 
-    While the ``batch`` decodes steadily, each of its requests gets one token per step; the
-    token nearest a join's first token closes the step that prefilled it. The gaps of the
-    JOIN_WINDOW_STEPS around it, less as many clean steps (the median of the
-    JOIN_REFERENCE_STEPS gaps on either side), is what the join added (the median over the
-    batch's requests); its ``prefill_work(prompt tokens)`` (PrefillModel.chunk_work) is taken
-    out. Joins outside the steady part, or too close to its ends, are skipped.
+    While the ``batch`` decodes steadily, each of its requests gets one token per step; its
+    token nearest a join's first token closes the step that prefilled the join, the one nearest
+    the join's last token the step that ended it. The gaps of the JOIN_WINDOW_STEPS around
+    each, less as many clean steps (the median of the JOIN_REFERENCE_STEPS gaps on either side),
+    is what the join added then (the median over the batch's requests). Its cost: both, less
+    its ``prefill_work(prompt tokens)`` (PrefillModel.chunk_work). Joins outside the steady
+    part, or too close to its ends, are skipped.
     """
     times = [token_times(r) for r in batch]
     steady_from = max(t[0] for t in times)
     steady_to = min(t[-1] for t in times)
-    lengths, excesses, costs = [], [], []
+    times = [t[(t >= steady_from) & (t <= steady_to)] for t in times]
+    lengths, joined, left, costs = [], [], [], []
     for join in joins:
         if not join.chunk_times:
             continue
-        first = join.chunk_times[0]
-        per_request = []
-        for t in times:
-            t = t[(t >= steady_from) & (t <= steady_to)]
-            k = int(np.argmin(np.abs(t - first))) if t.size else -1
-            start, end = k - 2, k + 1  # the window's gaps t[k-2] -> t[k-1] -> t[k] -> t[k+1]
-            if start - JOIN_REFERENCE_STEPS < 0 or end + JOIN_REFERENCE_STEPS >= t.size:
-                continue
-            gaps = np.diff(t)
-            reference = np.median(np.concatenate([gaps[start - JOIN_REFERENCE_STEPS:start],
-                                                  gaps[end:end + JOIN_REFERENCE_STEPS]]))
-            if abs(t[k] - first) > 0.5 * reference:
-                continue  # no step of this request ended with the join's
-            per_request.append(t[end] - t[start] - JOIN_WINDOW_STEPS * reference)
-        if len(per_request) * 2 < len(times):
-            continue  # most of the batch did not see it steadily
-        excess = float(np.median(per_request))
+        at_join = _step_excess(times, join.chunk_times[0])
+        # a one-token join leaves in the step that prefilled it: that window holds both
+        at_leave = _step_excess(times, join.chunk_times[-1]) if sum(join.chunk_tokens) > 1 else 0.0
+        if at_join is None or at_leave is None:
+            continue
         lengths.append(join.prompt_tokens)
-        excesses.append(excess)
-        costs.append(excess - prefill_work(join.prompt_tokens))
-    return {"prompt_tokens": np.array(lengths, dtype=float), "excess_s": np.array(excesses),
-            "cost_s": np.array(costs)}
+        joined.append(at_join)
+        left.append(at_leave)
+        costs.append(at_join + at_leave - prefill_work(join.prompt_tokens))
+    return {"prompt_tokens": np.array(lengths, dtype=float), "join_excess_s": np.array(joined),
+            "leave_excess_s": np.array(left), "cost_s": np.array(costs)}
 
 
 def run_admission(engine: LiveEngine, synthesize: Callable[[int, int, int, int], list[RequestSpec]],
@@ -411,7 +423,8 @@ def run_admission(engine: LiveEngine, synthesize: Callable[[int, int, int, int],
         offsets = [0.0] * batch
         for j in range(n_joins):
             seed += 1
-            specs += synthesize(1, plan.join_prompt_tokens[j % len(plan.join_prompt_tokens)], 1, seed)
+            specs += synthesize(1, plan.join_prompt_tokens[j % len(plan.join_prompt_tokens)], plan.join_output_tokens,
+                                seed)
             offsets.append(lead + (j + 1) * plan.spacing_steps * step)
         records = engine.run_batch(specs, offsets=offsets).records
         parts.append(admission_samples(records[:batch], records[batch:],
