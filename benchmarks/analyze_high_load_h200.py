@@ -21,7 +21,9 @@ run's schedule.jsonl, with bench_sim_vs_real.py's settings) and compares, per lo
    the simulated timeline: one FIFO server (the API server's event loop) that spends ``s_req``
    on each arriving request and ``s_chunk`` on each streamed chunk (tokens of a stream still
    queued merge into one chunk); ``s_chunk`` is the measured burst spacing, ``s_req`` is fitted
-   to the send -> headers excess. Each prints the TTFT/ATGT percentiles it gives.
+   to the send -> headers excess. Each prints the TTFT/ATGT percentiles it gives;
+4. the admission cost the profiler measured directly (the profile's ``admission``, already in
+   every simulation above), beside the per-join excess fitted in section 3 beyond it.
 
     .venv/bin/python benchmarks/analyze_high_load_h200.py
 """
@@ -93,36 +95,21 @@ def simulate(real_dir: Path, perf, join_cost_s: float = 0.0) -> Run:
     """The simulator on the real run's own schedule (schedule.jsonl): one worker, jsq, prefix
     caching off, async scheduling on, as the H200 server ran (bench_sim_vs_real.py's settings).
 
-    ``join_cost_s`` > 0 is the candidate model of section 3: every admitted request adds that much
-    to the engine time of the iteration that admits it, and leaves the front-end time by as much
-    (``prefill.c`` lowered by it), so a lone prompt's TTFT is unchanged. It is emulated here by
-    overriding two of the simulator's private methods; the plugin itself is not changed.
+    ``join_cost_s`` > 0 is the candidate model of section 3: every admitted request costs that
+    much more engine time than the profile's admission cost says (``PerfModel.admit_s``, which
+    takes it out of the front-end time, so a lone prompt's TTFT is unchanged).
     """
-    import dataclasses
+    from dataclasses import replace
 
     from aladdin.loadgen.schedule import load_schedule
     from aladdin.plugin.core.policies import parse_policy
     from aladdin.plugin.sim.simulator import ClusterSimulator, SimConfig
 
-    class JoinCostSimulator(ClusterSimulator):
-        def __init__(self, *args):
-            super().__init__(*args)
-            self._joins = 0
-
-        def _admit(self, worker, i, tokens, hits):
-            self._joins += 1
-            return super()._admit(worker, i, tokens, hits)
-
-        def _iteration_time(self, worker, n_decode, prefill_work, has_prefill):
-            extra, self._joins = join_cost_s * self._joins, 0
-            return super()._iteration_time(worker, n_decode, prefill_work, has_prefill) + extra
-
-    if join_cost_s:
-        perf = dataclasses.replace(perf, prefill=dataclasses.replace(perf.prefill, c=perf.prefill.c - join_cost_s))
+    perf = replace(perf, admit_s=perf.admit_s + join_cost_s)
     schedule = load_schedule(real_dir / "schedule.jsonl")
     spec = parse_policy("jsq", None, 0)
     config = SimConfig(num_workers=1, policy=spec.name, prefix_caching=False, async_scheduling=True)
-    result = JoinCostSimulator(perf, config, spec).run(schedule)
+    result = ClusterSimulator(perf, config, spec).run(schedule)
     tokens = [result.times_of(i) for i in range(len(result.ids))]
     order = np.argsort(result.ids)
     return Run([result.ids[i] for i in order], result.arrival[order], result.arrival[order],
@@ -478,6 +465,18 @@ def main() -> None:
             r.pop("wait", None)
         model_doc["loads"][str(load)] = rows
     doc["candidate_models"] = model_doc
+
+    measured = profile.get("admission")
+    if measured is not None:
+        doc["profiled_admission"] = {"cost_s": measured["cost_s"], "iqr_s": measured["iqr_s"],
+                                     "by_prompt_tokens": measured["by_prompt_tokens"],
+                                     "join_excess_median_s": measured.get("join_excess_median_s"),
+                                     "leave_excess_median_s": measured.get("leave_excess_median_s"),
+                                     "fitted_here_beyond_it_s": joins["cost_s"]}
+        print(f"\n4. the profiler's admission cost (aladdin profile admission: joins into a steady decode batch): "
+              f"{measured['cost_s'] * 1e3:.2f} ms per request (IQR {measured['iqr_s'][0] * 1e3:.2f} to "
+              f"{measured['iqr_s'][1] * 1e3:.2f} ms), in every run above; the high-load runs' per-join excess "
+              f"beyond it: {joins['cost_s'] * 1e3:.2f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -427,8 +427,8 @@ def run_admission(engine: LiveEngine, synthesize: Callable[[int, int, int, int],
                                 seed)
             offsets.append(lead + (j + 1) * plan.spacing_steps * step)
         records = engine.run_batch(specs, offsets=offsets).records
-        parts.append(admission_samples(records[:batch], records[batch:],
-                                       lambda n: float(perf.prefill.chunk_work(n, 0))))
+        part = admission_samples(records[:batch], records[batch:], lambda n: float(perf.prefill.chunk_work(n, 0)))
+        parts.append({"batch_size": np.full(part["cost_s"].size, float(batch)), **part})
         progress(f"admission: joins into a batch of {batch}")
     if not parts:
         raise ValueError("no admission batch fits the KV cache")
