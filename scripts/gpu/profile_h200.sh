@@ -21,6 +21,12 @@
 #       (validate_raw.py)
 #   logs.tgz                                              setup, pipeline and server logs, ttft_check.json
 #
+# TP=2 or TP=4 (a multi-GPU kind; issue 16): each worker spans that many GPUs (vLLM's
+# --tensor-parallel-size, NCCL_NVLS_ENABLE=0 as for every server here), files named
+# profiles/HW-llama2-SIZE-tpN.json and profile_validation_HW_SIZE_tpN.json; then
+# benchmarks/derived_vs_measured_tp.py reports the derived profiles' error against them. One
+# pipeline per TP: 'TP=2 ... start', 'TP=2 ... wait 540' until done, then the same with TP=4.
+#
 # DATA: the ShareGPT stand-in of that held-out sample (4 MB; the full file is too large to send):
 #   .venv/bin/aladdin model init /tmp/models/llama2-7b --shape llama2-7b
 #   .venv/bin/python scripts/gpu/sharegpt_subset.py --seed 12345 -n 160 --max-output-tokens 256 \
@@ -77,8 +83,9 @@ REALPREFILL_SEED=${REALPREFILL_SEED:-777}
 
 gpu_name() { nvidia-smi --query-gpu=name --format=csv,noheader | head -1; }
 hw() { [ -n "${HW:-}" ] && echo "$HW" || gpu_name | sed 's/^NVIDIA //; s/ .*//' | tr 'A-Z' 'a-z'; }
-profile_of() { echo "profiles/$(hw)-llama2-$1.json"; }
-validation_of() { echo "benchmarks/results/profile_validation_$(hw)_$1.json"; }
+tp_suffix() { [ "$TP" -gt 1 ] && echo "$1$TP"; }   # TP 1 keeps the names of the 1-GPU profiles
+profile_of() { echo "profiles/$(hw)-llama2-$1$(tp_suffix -tp).json"; }
+validation_of() { echo "benchmarks/results/profile_validation_$(hw)_$1$(tp_suffix _tp).json"; }
 realprefill_of() { echo "benchmarks/results/prefill_sharegpt_$(hw)_$1.json"; }
 
 start() {
@@ -135,7 +142,7 @@ one_shape() {  # one_shape SIZE: server, profile, sweep, validation, server stop
   t0=$(date +%s)
   python3 -m aladdin profile --host "http://127.0.0.1:$PORT" --tokenizer "$MODEL_DIR" \
     --max-num-seqs "$MAX_NUM_SEQS" --max-batched-tokens "$MAX_BATCHED" --max-prompt-tokens "$MAX_PROMPT" \
-    --decode-tokens "$DECODE_TOKENS" --prefill-tokens "$PREFILL_TOKENS" --gpus-per-worker 1 --hardware "$gpu" \
+    --decode-tokens "$DECODE_TOKENS" --prefill-tokens "$PREFILL_TOKENS" --gpus-per-worker "$TP" --hardware "$gpu" \
     -o "$profile" 2>&1 | tr '\r' '\n' | tee "profile-$size.log"
   rc=${PIPESTATUS[0]}
   echo "== $(date -u +%FT%TZ) profile rc=$rc in $(( $(date +%s) - t0 )) s"

@@ -8,10 +8,11 @@ MAX_NUM_SEQS=${MAX_NUM_SEQS:-256}
 MAX_BATCHED=${MAX_BATCHED:-8192}
 MAX_MODEL_LEN=${MAX_MODEL_LEN:-4096}
 GPU_UTIL=${GPU_UTIL:-0.9}
+TP=${TP:-1}   # --tensor-parallel-size: GPUs per worker (2 or 4 need a multi-GPU kind, issue 16)
 SERVER_EXTRA=()   # more server flags (an array: callers set it before start_server)
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
-       TOKENIZERS_PARALLELISM=false VLLM_USE_FLASHINFER_SAMPLER=0
+       TOKENIZERS_PARALLELISM=false VLLM_USE_FLASHINFER_SAMPLER=0 NCCL_NVLS_ENABLE=0  # no NVLink multicast (KINDS.md)
 SERVER_PATH=/tmp/gpusite
 CLIENT_PATH=/tmp/site:/tmp/gpusite   # the project and its wheels; mistral_common (tokenizer) from the bundle
 
@@ -35,7 +36,7 @@ start_server() {
   PYTHONPATH=${SERVER_PYTHONPATH:-$SERVER_PATH} setsid nohup python3 -m vllm.entrypoints.openai.api_server \
     --model "$MODEL_DIR" --served-model-name "$SHAPE" --load-format dummy --dtype bfloat16 \
     --max-model-len "$MAX_MODEL_LEN" --max-num-seqs "$MAX_NUM_SEQS" --max-num-batched-tokens "$MAX_BATCHED" \
-    --block-size 16 --no-enable-prefix-caching --gpu-memory-utilization "$GPU_UTIL" \
+    --block-size 16 --no-enable-prefix-caching --gpu-memory-utilization "$GPU_UTIL" --tensor-parallel-size "$TP" \
     --disable-uvicorn-access-log --host 127.0.0.1 --port "$PORT" "${SERVER_EXTRA[@]}" \
     >"$W/${SERVER_LOG:-vllm_server.log}" 2>&1 </dev/null &
   echo $! >"$W/server.pid"
