@@ -37,7 +37,7 @@ MAX_OUT=${MAX_OUT:-256}
 TTFT_SLO=${TTFT_SLO:-0.385}   # the H200 7B SLOs of benchmarks/RESULTS.md, "GPUs vs rate" (25x and 2x unloaded)
 ATGT_SLO=${ATGT_SLO:-0.00903}
 POLICIES=${POLICIES:-"aladdin jsq po2"}
-KV_BLOCKS=${KV_BLOCKS:-1000}   # the KV-bound pass (empty: none)
+KV_BLOCKS=${KV_BLOCKS-1000}   # the KV-bound pass (set empty: none)
 KV_POLICIES=${KV_POLICIES:-"aladdin jsq po2"}
 KV_RATE_PER_WORKER=${KV_RATE_PER_WORKER:-24}
 
@@ -136,7 +136,7 @@ one_run() {  # one_run PASS POLICY RATE [BLOCKS]
   echo "{\"workers\": $WORKERS, \"share_gpu\": $([ "$SHARE_GPU" = 1 ] && echo true || echo false), \"num_gpu_blocks_override\": ${blocks:-null}, \"prefix_caching\": false, \"kv_tokens_each\": [$(kv_tokens_each)], \"engine_plugin\": true, \"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)\"}" >"$out/server.json"
   kill "$(cat router.pid)" 2>/dev/null; sleep 2
   echo "== $(date -u +%FT%TZ) $pass/$policy done: $(cat "$out/counters.json")"
-  tar -czf runs.tgz runs
+  tar -czf runs.tgz runs worker-*.log router-*.log
 }
 
 pipeline() {
