@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,25 @@ def test_quick_profile_and_validation_on_real_vllm(vllm_server, tmp_path):
     models = json.loads(report.read_text())["models"]
     assert models["prefill"]["n"] == 24 and models["decode"]["n"] > 0 and models["kv"]["n"] > 0
     assert models["prefill"]["noise_floor_pct"] is not None
+
+    # the admission cost measured again on the finished profile: every other field is kept
+    remeasured = tmp_path / "remeasured.json"
+    proc = aladdin("profile", "admission", str(profile), "--host", vllm_server.url, "--quick", "-o", str(remeasured))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(remeasured.read_text())
+    assert {k: again[k] for k in ("prefill", "decode", "kv", "created")} == {k: doc[k] for k in ("prefill", "decode", "kv", "created")}
+    assert again["admission"]["command"].startswith("aladdin profile admission")
+    assert len(again["samples"]["admission"]["cost_s"]) == again["admission"]["n_samples"]
+
+
+def test_the_admission_cost_of_a_derived_profile_is_refused_in_one_line(tmp_path):
+    derived = tmp_path / "tp2.json"
+    measured = Path(__file__).resolve().parents[1] / "profiles" / "h200-llama2-7b.json"
+    proc = aladdin("profile", "derive", str(measured), "--gpus", "2", "--shape", "llama2-7b",
+                   "-o", str(derived))
+    assert proc.returncode == 0, proc.stderr
+    proc = aladdin("profile", "admission", str(derived), "--host", "http://127.0.0.1:9")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "is derived, not measured" in proc.stderr
 
 
 def test_drop_bursts_removes_segments_faster_than_a_lone_request_could_decode():
