@@ -7,7 +7,9 @@ profile is measured with exactly the timing the replayer is measured with:
   tokens of a request, taken after every request of the batch has its first token, is one
   decode iteration of the requests still running, with their context at that moment;
 - KV: ``/metrics`` scraped while a batch decodes; usage x capacity vs the block-rounded sum of
-  prompt + generated tokens of the requests in the engine.
+  prompt + generated tokens of the requests in the engine;
+- admission: lone prompts joining a steady decode batch (AdmissionPlan); what they add to its
+  steps beyond their prefill work.
 Capacity is read from the engine (``vllm:cache_config_info``), never guessed.
 """
 
@@ -85,9 +87,10 @@ def read_engine_info(base_url: str, timeout_s: float = 10.0) -> EngineInfo:
 @dataclass(frozen=True)
 class AdmissionPlan:
     """The admission-cost experiment: lone prompts join a steady decode batch, one every
-    ``spacing_steps`` steps, and leave it ``join_output_tokens`` steps later. A lone prompt cannot show the cost, since its
-    TTFT includes the front end too; in a running batch, every step its admission slows is
-    seen in the other requests' token gaps (docs/perfmodel.md, "Admission cost")."""
+    ``spacing_steps`` steps, and leave it ``join_output_tokens`` steps later. A lone prompt
+    cannot show the cost, since its TTFT includes the front end too; in a running batch, every
+    step its admission slows is seen in the other requests' token gaps (docs/perfmodel.md,
+    "Admission cost")."""
 
     batch_sizes: tuple[int, ...]
     batch_prompt_tokens: int
@@ -330,7 +333,7 @@ class AdmissionFit:
     """The measured admission cost and how it was found (stored in the profile's ``admission``)."""
 
     cost_s: float
-    samples: dict  # per join: prompt tokens, excess over the clean steps, excess minus its prefill work
+    samples: dict  # per join: batch size, prompt tokens, excess at joining and at leaving, cost
 
     def to_dict(self) -> dict:
         cost = np.asarray(self.samples["cost_s"])
@@ -501,8 +504,7 @@ def run_profile(
 
 def with_admission(perf: PerfModel, admission: AdmissionFit, **provenance: str) -> PerfModel:
     """``perf`` with the measured admission cost, and how it was measured in ``meta["admission"]``."""
-    return replace(perf, admit_s=admission.cost_s,
-                               meta={**perf.meta, "admission": {**admission.to_dict(), **provenance}})
+    return replace(perf, admit_s=admission.cost_s, meta={**perf.meta, "admission": {**admission.to_dict(), **provenance}})
 
 
 # ---------------------------------------------------------------------------------------
