@@ -58,6 +58,14 @@ def cluster() -> None:
     """Local clusters of real vLLM CPU workers."""
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM exits and SIGINT is Ctrl-C, whatever started us: a shell's background job (and
+    nohup) starts with SIGINT ignored, and Python then leaves it ignored, so 'kill -INT' and a
+    parent's Ctrl-C would never stop the servers this process keeps up."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _state_dir_option(fn):
     from aladdin.paths import aladdin_home
 
@@ -93,7 +101,7 @@ def cluster_up(workers, shape, model_dir, kv_tokens, max_model_len, max_num_seqs
     )
     local = LocalCluster(config)
     click.echo(f"starting {workers} vLLM CPU worker(s); logs in {state_dir}", err=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _stop_on_signals()
     local.start()  # stops what it started if interrupted
     if detach:
         for worker in local.workers:
@@ -208,7 +216,7 @@ def gateway_up(detach, state_dir, **options) -> None:
 
     config = _envoy_config(**options, access_log=str(state_dir / "access.log"))
     envoy = LocalEnvoy(config, state_dir)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _stop_on_signals()
     envoy.start()
     (state_dir / "state.json").write_text(json.dumps({"pid": envoy.pid, "url": envoy.url}))
     click.echo(envoy.url)
